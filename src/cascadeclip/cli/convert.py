@@ -1,0 +1,62 @@
+"""`cascade-clip convert`: an authors' `.pth` or OpenAI's `.pt` into safetensors, loadable without pickle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ..checkpoints import CheckpointError, atomic_write, guess_authors_config, read_authors_checkpoint, read_openai_clip, save_model
+from ..errors import UserError
+from ..factory import model_from_authors_state
+from ..presets import PRESETS, get_preset
+
+HELP = "convert an authors' Cascade-CLIP .pth or OpenAI's CLIP .pt to safetensors (reads a pickle: trusted files only)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="authors' checkpoint (.pth) or OpenAI CLIP weights (e.g. ViT-B-16.pt)")
+    parser.add_argument("output", type=Path, help="the .safetensors file to write")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="configuration the checkpoint was trained with (default: recognised from its shapes); stored with it",
+    )  # fmt: skip
+    parser.add_argument("--no-text-encoder", action="store_true", help="drop the CLIP text tower from the output")
+
+
+def _convert_clip(args: argparse.Namespace) -> bool:
+    """Write OpenAI CLIP weights as safetensors; False when the source is not a CLIP file."""
+    try:
+        state = read_openai_clip(args.source)
+    except CheckpointError:
+        return False
+    atomic_write(args.output, lambda tmp: save_file(state, str(tmp), metadata={"format": "openai-clip"}))
+    print(f"wrote OpenAI CLIP weights ({len(state)} tensors, fp32) to {args.output}; use it as --clip-weights")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output.suffix != ".safetensors":
+        raise UserError(f"output {args.output} must end in .safetensors")
+    if not args.source.is_file():
+        raise UserError(f"{args.source} not found")
+    if args.source.suffix != ".pth" and _convert_clip(args):
+        return 0
+    state, meta = read_authors_checkpoint(args.source)
+    if args.preset:
+        preset = get_preset(args.preset)
+    else:
+        guesses = guess_authors_config(state, meta)
+        preset = get_preset(guesses[0]) if len(guesses) == 1 else None
+        if preset is None:
+            print(f"note: the configuration cannot be told from the shapes (candidates: {', '.join(guesses) or 'none'}); "
+                  "no class set is stored. Pass --preset to store one.")  # fmt: skip
+    model, report = model_from_authors_state(
+        state, str(args.source), base=preset.model if preset else None, with_text_encoder=not args.no_text_encoder
+    )
+    print(report.summary())
+    save_model(args.output, model, preset.classes if preset else None, source=str(args.source),
+               preset=preset.name if preset else None)  # fmt: skip
+    print(f"wrote {args.output}" + (f" (configuration {preset.name})" if preset else ""))
+    return 0

@@ -1,0 +1,42 @@
+"""`cascade-clip`: one entry point, one module per subcommand.
+
+Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. Bad input raises
+`UserError`; it is printed as one line, without a traceback, and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+SUBCOMMANDS = ("demo", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade-clip", description="Cascade-CLIP zero-shot semantic segmentation")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"cascadeclip.cli.{name}")
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as err:
+        print(f"cascade-clip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cascade-clip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Test-time prediction (spec §1.7, §3.6): sigmoid scores, the inductive seen-class shift, sliding windows.
+
+Scores are probabilities per class; in the inductive setting 0.1 is subtracted from the seen classes so that unseen
+classes can win (spec pitfall 11). Sliding-window scores are averaged over overlapping windows after the shift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .modeling.cascade_clip import CascadeCLIP
+
+
+def seen_shift_vector(num_classes: int, seen: list[int] | tuple[int, ...], shift: float) -> torch.Tensor:
+    """(C,) amounts subtracted from each class's probability: `shift` on seen classes, 0 elsewhere."""
+    vector = torch.zeros(num_classes)
+    vector[list(seen)] = shift
+    return vector
+
+
+def class_scores(logits: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) logits -> sigmoid probabilities minus the per-class `shift` (C,)."""
+    scores = logits.float().sigmoid()
+    if shift is not None:
+        scores = scores - shift.to(scores.device).view(1, -1, 1, 1)
+    return scores
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis: the last window is moved back to end inside the image."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    return sorted({max(min(k * stride + crop, length) - crop, 0) for k in range(count)})
+
+
+@torch.no_grad()
+def slide_scores(
+    model: CascadeCLIP,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    crop: int = 512,
+    stride: int = 426,
+    window_batch: int = 8,
+) -> torch.Tensor:
+    """Scores of one image from overlapping square windows, each run through the whole model.
+
+    Args:
+        image: (1, 3, H, W) normalised image.
+        text: (C, D) class embeddings.
+        shift: (C,) subtracted from each window's probabilities (see `seen_shift_vector`).
+        window_batch: windows run through the model together, this many at a time.
+    Returns:
+        (1, C, H, W) window-averaged scores.
+    """
+    _, _, height, width = image.shape
+    boxes = [
+        (y, x, min(y + crop, height), min(x + crop, width))
+        for y in window_starts(height, crop, stride)
+        for x in window_starts(width, crop, stride)
+    ]
+    total = image.new_zeros((1, text.shape[0], height, width), dtype=torch.float32)
+    count = image.new_zeros((1, 1, height, width), dtype=torch.float32)
+    for i in range(0, len(boxes), window_batch):
+        chunk = boxes[i : i + window_batch]
+        windows = torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])
+        scores = class_scores(model(windows, text), shift)
+        for (y0, x0, y1, x1), window_scores in zip(chunk, scores):
+            total[0, :, y0:y1, x0:x1] += window_scores
+            count[0, :, y0:y1, x0:x1] += 1
+    return total / count
+
+
+@torch.no_grad()
+def predict_scores(
+    model: CascadeCLIP,
+    images: torch.Tensor,
+    text: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    mode: str = "slide",
+    crop: int = 512,
+    stride: int = 426,
+    window_batch: int = 8,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """(B, 3, H, W) images -> (B, C, *out_size) scores, by sliding windows or one whole-image forward.
+
+    In whole-image mode H and W must be multiples of the patch size. The scores are resized bilinearly to
+    `out_size` (the original image size), ready for argmax over classes.
+    """
+    if mode == "slide":
+        scores = torch.cat([slide_scores(model, img[None], text, shift, crop, stride, window_batch) for img in images])
+    elif mode == "whole":
+        scores = class_scores(model(images, text), shift)
+    else:
+        raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+    if out_size is not None and tuple(out_size) != tuple(scores.shape[-2:]):
+        scores = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False)
+    return scores

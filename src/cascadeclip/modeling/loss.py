@@ -1,0 +1,79 @@
+"""Training loss (spec §1.8): sigmoid focal x100 + dice x1 on the summed mask logits, as the reference computes it.
+
+Ignored pixels (label 255) get an all-zero target row: they are negatives for every class in the focal term and
+enter the dice denominator through sum(sigmoid) (spec pitfall 10). Both terms are divided by the number of
+(image, present class) pairs, all-reduced over processes and divided by the world size, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) labels in [0, C) or 255 -> (B, C, H, W) float targets, all zero on ignored pixels."""
+    valid = labels != IGNORE_INDEX
+    onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
+    return (onehot * valid.unsqueeze(1)).float()
+
+
+def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) labels -> (B, C) bool: which classes occur in each image (ignore excluded)."""
+    valid = labels != IGNORE_INDEX
+    counts = torch.zeros(labels.shape[0], num_classes + 1, device=labels.device, dtype=torch.long)
+    flat = torch.where(valid, labels, num_classes).flatten(1)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    return counts[:, :num_classes] > 0
+
+
+def mask_normaliser(num_pairs: int, device: torch.device) -> torch.Tensor:
+    """The reference's N_m: pair count summed over processes, divided by the world size, at least 1."""
+    n = torch.tensor(float(num_pairs), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n.clamp(min=1.0)
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, normaliser: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """(R, P) logits and targets -> sum over rows of the per-row mean focal loss, divided by `normaliser`."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * ce * (1 - p_t) ** gamma).mean(1).sum() / normaliser
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+    """(R, P) logits and targets -> sum over rows of 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), / `normaliser`."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1) + 1
+    denominator = prob.sum(-1) + targets.sum(-1) + 1
+    return (1 - numerator / denominator).sum() / normaliser
+
+
+def cascade_loss(
+    logits: torch.Tensor, labels: torch.Tensor, focal_weight: float = 100.0, dice_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Weighted focal and dice terms.
+
+    Args:
+        logits: (B, C, H, W) mask logits of the C query classes.
+        labels: (B, H, W) int64 in [0, C) or 255 (ignore), already in the query class space.
+    Returns:
+        {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}; their sum is the training loss.
+    """
+    batch, num_classes = logits.shape[:2]
+    logits = logits.float().flatten(2)
+    targets = one_hot_targets(labels, num_classes).flatten(2)
+    present = present_classes(labels, num_classes)
+    normaliser = mask_normaliser(int(present.sum()), logits.device)
+    focal = sigmoid_focal_loss(logits.flatten(0, 1), targets.flatten(0, 1), normaliser)
+    dice = dice_loss(logits[present], targets[present], normaliser)
+    return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}

@@ -1,0 +1,86 @@
+"""The eight configurations of the authors (spec §2.4, §3.7) as typed `Config` values.
+
+| preset               | setting      | T  | text embeddings        | iters  | batch | init                         |
+|----------------------|--------------|----|------------------------|--------|-------|------------------------------|
+| voc-inductive        | inductive    | 10 | voc12_single.npy       | 20,000 | 16    | CLIP                         |
+| voc-transductive     | transductive | 10 | voc12_single.npy       | 10,000 | 32    | voc-inductive at 10,000 it.  |
+| context-inductive    | inductive    | 35 | context-59_multi.npy   | 40,000 | 16    | CLIP                         |
+| context-transductive | transductive | 35 | context-59_multi.npy   | 20,000 | 16    | context-inductive at 20,000  |
+| coco-inductive       | inductive    | 50 | coco_multi.npy         | 80,000 | 16    | CLIP                         |
+| coco-transductive    | transductive | 50 | coco_multi.npy         | 40,000 | 16    | coco-inductive at 40,000     |
+| coco-to-voc          | evaluation   | 50 | voc12_single.npy       | -      | -     | coco-inductive final         |
+| coco-to-context      | evaluation   | 50 | context-59_multi.npy   | -      | -     | coco-inductive final         |
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .class_names import (
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_UNSEEN,
+    CONTEXT_CLASSES,
+    CONTEXT_UNSEEN,
+    VOC_CLASSES,
+    VOC_UNSEEN,
+)
+from .config import ClassesConfig, Config, ImageEncoderConfig, ModelConfig, TrainConfig
+
+_DATASETS = {
+    # dataset: (class names, unseen, prompt tokens, embeddings file, templates)
+    "voc": (VOC_CLASSES, VOC_UNSEEN, 10, "voc12_single.npy", "single"),
+    "context": (CONTEXT_CLASSES, CONTEXT_UNSEEN, 35, "context-59_multi.npy", "multi"),
+    "coco": (COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN, 50, "coco_multi.npy", "multi"),
+}
+_INDUCTIVE_ITERS = {"voc": 20000, "context": 40000, "coco": 80000}
+
+
+def _preset(name: str, dataset: str, setting: str, prompt_tokens: int | None = None, all_seen: bool = False,
+            train: TrainConfig | None = None) -> Config:  # fmt: skip
+    names, unseen, tokens, embeddings, templates = _DATASETS[dataset]
+    classes = ClassesConfig(
+        dataset=dataset,
+        names=names,
+        unseen=() if all_seen else unseen,
+        setting=setting,
+        text_embeddings=embeddings,
+        templates=templates,
+    )
+    encoder = ImageEncoderConfig(prompt_tokens=prompt_tokens or tokens)
+    return Config(name=name, model=ModelConfig(image_encoder=encoder), classes=classes, train=train or TrainConfig())
+
+
+def _training_presets() -> dict[str, Config]:
+    presets = {}
+    for dataset, iters in _INDUCTIVE_ITERS.items():
+        presets[f"{dataset}-inductive"] = _preset(
+            f"{dataset}-inductive", dataset, "inductive", train=TrainConfig(iters=iters, batch_size=16)
+        )
+        # Self-training starts from the inductive run's checkpoint at half its schedule, with a fresh schedule.
+        presets[f"{dataset}-transductive"] = _preset(
+            f"{dataset}-transductive",
+            dataset,
+            "transductive",
+            train=TrainConfig(
+                iters=iters // 2,
+                batch_size=32 if dataset == "voc" else 16,
+                init=f"{dataset}-inductive/iter_{iters // 2}",
+            ),
+        )
+    return presets
+
+
+PRESETS: dict[str, Config] = {
+    **_training_presets(),
+    # Cross-dataset transfer: the COCO inductive model (T = 50) evaluated on another dataset's classes, all of them
+    # "seen" (the 0.1 shift then applies to every class and does not change the argmax).
+    "coco-to-voc": _preset("coco-to-voc", "voc", "inductive", prompt_tokens=50, all_seen=True),
+    "coco-to-context": _preset("coco-to-context", "context", "inductive", prompt_tokens=50, all_seen=True),
+}
+
+
+def get_preset(name: str) -> Config:
+    """A copy of the preset `name`; raises ValueError listing the known names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown configuration {name!r}; known presets: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
