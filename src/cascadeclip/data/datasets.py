@@ -1,0 +1,181 @@
+"""The benchmarks as MMSegmentation lays them out on disk (spec §3.1-3.3), read without mmseg.
+
+    <root>/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, SegmentationClassAug, ImageSets/Segmentation}
+    <root>/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}
+    <root>/coco_stuff164k/{images, annotations}/{train2017, val2017}   (labels *_labelTrainIds.png)
+
+VOC and Context labels have 0 = background: `reduce_zero_label` maps 0 -> 255 (ignored) and v -> v - 1, so the
+classes are 0..19 / 0..58 and background is never a class. COCO-Stuff labels are 0..170 already.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+
+DATA_ROOT_ENV = "CASCADECLIP_DATA_ROOT"
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """Images listed in `split_file` (or every image of `image_dir` when None), labels in `label_dir`."""
+
+    split_file: str | None
+    image_dir: str
+    label_dir: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    base: str  # folder under the dataset root
+    num_classes: int
+    reduce_zero_label: bool
+    image_suffix: str
+    label_suffix: str
+    splits: dict[str, tuple[SplitPart, ...]]
+
+
+LAYOUTS = {
+    "voc": Layout(
+        base="VOCdevkit/VOC2012",
+        num_classes=20,
+        reduce_zero_label=True,
+        image_suffix=".jpg",
+        label_suffix=".png",
+        splits={
+            # The standard "aug" training set: train.txt over SegmentationClass plus aug.txt over SegmentationClassAug.
+            "train": (
+                SplitPart("ImageSets/Segmentation/train.txt", "JPEGImages", "SegmentationClass"),
+                SplitPart("ImageSets/Segmentation/aug.txt", "JPEGImages", "SegmentationClassAug"),
+            ),
+            "val": (SplitPart("ImageSets/Segmentation/val.txt", "JPEGImages", "SegmentationClass"),),
+        },
+    ),
+    "context": Layout(
+        base="VOCdevkit/VOC2010",
+        num_classes=59,
+        reduce_zero_label=True,
+        image_suffix=".jpg",
+        label_suffix=".png",
+        splits={
+            split: (SplitPart(f"ImageSets/SegmentationContext/{split}.txt", "JPEGImages", "SegmentationClassContext"),)
+            for split in ("train", "val")
+        },
+    ),
+    "coco": Layout(
+        base="coco_stuff164k",
+        num_classes=171,
+        reduce_zero_label=False,
+        image_suffix=".jpg",
+        label_suffix="_labelTrainIds.png",
+        splits={
+            "train": (SplitPart(None, "images/train2017", "annotations/train2017"),),
+            "val": (SplitPart(None, "images/val2017", "annotations/val2017"),),
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """The dataset root: `root` if given, else $CASCADECLIP_DATA_ROOT, else ./datasets."""
+    return Path(root or os.environ.get(DATA_ROOT_ENV) or "datasets").expanduser()
+
+
+def get_layout(dataset: str) -> Layout:
+    if dataset not in LAYOUTS:
+        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(LAYOUTS)}")
+    return LAYOUTS[dataset]
+
+
+def _read_split_file(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text().splitlines()]
+    return [n for n in names if n]
+
+
+def list_samples(dataset: str, root: str | Path | None, split: str) -> list[Sample]:
+    """The (image, label) pairs of a split, in split-file order (COCO: sorted file names).
+
+    Raises UserError when the dataset folder or a split file is missing. Files listed but absent are not checked
+    here; reading them raises (see `read_image`, `read_label`), and `cascade-clip check-data` lists them all.
+    """
+    layout = get_layout(dataset)
+    base = data_root(root) / layout.base
+    if not base.is_dir():
+        raise UserError(
+            f"dataset folder {base} not found. Point --data-root (or ${DATA_ROOT_ENV}) at the folder that contains "
+            f"{layout.base}, laid out as MMSegmentation prepares it"
+        )
+    if split not in layout.splits:
+        raise UserError(f"{dataset} has no split {split!r}; splits: {', '.join(layout.splits)}")
+    samples = []
+    for part in layout.splits[split]:
+        image_dir, label_dir = base / part.image_dir, base / part.label_dir
+        if part.split_file is None:
+            if not image_dir.is_dir():
+                raise UserError(f"image folder {image_dir} not found")
+            names = sorted(p.name[: -len(layout.image_suffix)] for p in image_dir.glob(f"*{layout.image_suffix}"))
+        else:
+            split_path = base / part.split_file
+            if not split_path.is_file():
+                raise UserError(f"split file {split_path} not found; it lists the image ids of the {split} split")
+            names = _read_split_file(split_path)
+        samples += [
+            Sample(n, image_dir / f"{n}{layout.image_suffix}", label_dir / f"{n}{layout.label_suffix}") for n in names
+        ]
+    return samples
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; raises UserError naming the file if it is missing, unreadable or truncated."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found; it is listed in the split but missing on disk") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"image {path} cannot be read ({err}); re-extract or re-download it") from None
+
+
+def read_label(path: Path, layout: Layout) -> np.ndarray:
+    """(H, W) uint8 class indices in [0, num_classes) or 255, after `reduce_zero_label` for VOC and Context.
+
+    Raises UserError naming the file when it is missing, unreadable, not single-channel, or holds values outside
+    the dataset's range.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise UserError(f"label {path} has image mode {image.mode}; labels must be single-channel class ids")
+            label = np.array(image)
+    except FileNotFoundError:
+        raise UserError(f"label {path} not found; every listed image needs its label file") from None
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"label {path} cannot be read ({err}); re-create it with the dataset's converter") from None
+    top = layout.num_classes + (1 if layout.reduce_zero_label else 0)  # VOC/Context: 0 = background, 1..C
+    bad = (label >= top) & (label != IGNORE_INDEX)
+    if bad.any():
+        values = sorted(set(np.unique(label[bad]).tolist()))[:8]
+        raise UserError(
+            f"label {path} holds values {values} outside 0..{top - 1} (and 255 = ignore); was it converted with the "
+            "right MMSegmentation script (e.g. *_labelTrainIds.png for COCO-Stuff)?"
+        )
+    label = label.astype(np.uint8)
+    if layout.reduce_zero_label:
+        label = np.where(label == 0, IGNORE_INDEX, np.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1)).astype(np.uint8)
+    return label
