@@ -248,7 +248,10 @@ class TrainConfig:
     warmup_ratio: float = 1e-6
     poly_power: float = 0.9
     min_lr: float = 1e-6
-    init: str = "clip"  # "clip" (OpenAI ViT-B-16.pt, see model_weights) or the path of a Cascade-CLIP checkpoint
+    # "clip": start from the OpenAI CLIP file `clip_weights`; otherwise the path of a Cascade-CLIP checkpoint whose
+    # weights (only) are loaded, as the transductive runs start from the inductive run at half its schedule.
+    init: str = "clip"
+    clip_weights: str = "ViT-B-16.pt"
     seed: int = 0
 
 

@@ -12,14 +12,15 @@ import sys
 
 from ..errors import UserError
 
-SUBCOMMANDS = ("demo", "convert")
+# command name -> module in cascadeclip.cli
+SUBCOMMANDS = {"demo": "demo", "convert": "convert"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade-clip", description="Cascade-CLIP zero-shot semantic segmentation")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        module = importlib.import_module(f"cascadeclip.cli.{name}")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f"cascadeclip.cli.{module_name}")
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(run=module.run)

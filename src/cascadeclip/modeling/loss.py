@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..distributed import all_reduce_sum, is_distributed
+
 IGNORE_INDEX = 255
 
 
@@ -32,9 +34,8 @@ def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def mask_normaliser(num_pairs: int, device: torch.device) -> torch.Tensor:
     """The reference's N_m: pair count summed over processes, divided by the world size, at least 1."""
-    n = torch.tensor(float(num_pairs), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
+    n = all_reduce_sum(torch.tensor(float(num_pairs), device=device))
+    if is_distributed():
         n = n / dist.get_world_size()
     return n.clamp(min=1.0)
 
