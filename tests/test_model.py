@@ -134,3 +134,18 @@ def test_presets_follow_the_spec():
     assert get_preset("coco-to-voc").classes.unseen == ()
     assert get_preset("voc-transductive").classes.test_seen_shift == 0.0
     assert get_preset("voc-inductive").classes.test_seen_shift == 0.1
+
+
+def test_config_from_preset_yaml_and_overrides(tmp_path):
+    from cascadeclip.errors import UserError
+    from cascadeclip.presets import resolve_config
+
+    (tmp_path / "small.yaml").write_text("preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n")
+    cfg = resolve_config(str(tmp_path / "small.yaml"), ["train.lr=0.001", "model.head.stages=[[6]]"])
+    assert cfg.name == "voc-inductive" and cfg.train.iters == 50 and cfg.train.lr == 0.001
+    assert cfg.model.image_encoder.width == 64 and cfg.model.head.stages == ((6,),)
+    assert cfg.classes.names[0] == "aeroplane"
+    with pytest.raises(UserError, match="unknown field 'itrs'"):
+        resolve_config("voc-inductive", ["train.itrs=3"])
+    with pytest.raises(UserError, match="neither a preset"):
+        resolve_config("no-such-thing")

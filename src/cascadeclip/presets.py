@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+
+import yaml
 
 from .class_names import (
     COCO_STUFF_CLASSES,
@@ -24,7 +27,8 @@ from .class_names import (
     VOC_CLASSES,
     VOC_UNSEEN,
 )
-from .config import ClassesConfig, Config, ImageEncoderConfig, ModelConfig, TrainConfig
+from .config import ClassesConfig, Config, ImageEncoderConfig, ModelConfig, TrainConfig, apply_overrides, merge
+from .errors import UserError
 
 _DATASETS = {
     # dataset: (class names, unseen, prompt tokens, embeddings file, templates)
@@ -82,5 +86,34 @@ PRESETS: dict[str, Config] = {
 def get_preset(name: str) -> Config:
     """A copy of the preset `name`; raises ValueError listing the known names."""
     if name not in PRESETS:
-        raise ValueError(f"unknown configuration {name!r}; known presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown configuration {name!r}; known presets: {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
+
+
+def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The configuration named on a command line: a preset name, or a YAML file, then `section.field=value` overrides.
+
+    A YAML file holds sections to merge (`model:`, `classes:`, `train:`, ...) and may name the preset it starts
+    from with a top-level `preset: NAME`; without one it starts from the typed defaults.
+    """
+    if spec in PRESETS:
+        try:
+            return apply_overrides(get_preset(spec), overrides=overrides)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read config file {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    base_name = data.pop("preset", None)
+    cfg = get_preset(base_name) if base_name else Config(name=path.stem)
+    try:
+        cfg = merge(cfg, data, str(path))
+        return apply_overrides(cfg, overrides=overrides)
+    except ValueError as err:
+        raise UserError(str(err)) from err
