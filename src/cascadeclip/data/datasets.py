@@ -4,6 +4,8 @@
     <root>/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}
     <root>/coco_stuff164k/{images, annotations}/{train2017, val2017}   (labels *_labelTrainIds.png)
 
+The miniature world (`cascadeclip.world`) is written in the VOC 2012 layout, with train.txt and val.txt only.
+
 VOC and Context labels have 0 = background: `reduce_zero_label` maps 0 -> 255 (ignored) and v -> v - 1, so the
 classes are 0..19 / 0..58 and background is never a class. COCO-Stuff labels are 0..170 already.
 """
@@ -66,6 +68,18 @@ LAYOUTS = {
         label_suffix=".png",
         splits={
             split: (SplitPart(f"ImageSets/SegmentationContext/{split}.txt", "JPEGImages", "SegmentationClassContext"),)
+            for split in ("train", "val")
+        },
+    ),
+    # The miniature world (`cascadeclip.world`): VOC 2012's folders and label convention, without the aug set.
+    "world": Layout(
+        base="VOCdevkit/VOC2012",
+        num_classes=20,
+        reduce_zero_label=True,
+        image_suffix=".jpg",
+        label_suffix=".png",
+        splits={
+            split: (SplitPart(f"ImageSets/Segmentation/{split}.txt", "JPEGImages", "SegmentationClass"),)
             for split in ("train", "val")
         },
     ),
