@@ -68,7 +68,7 @@ def _training_presets() -> dict[str, Config]:
             train=TrainConfig(
                 iters=iters // 2,
                 batch_size=32 if dataset == "voc" else 16,
-                init=f"{dataset}-inductive/iter_{iters // 2}",
+                init=f"runs/{dataset}-inductive/iter_{iters // 2}",
             ),
         )
     return presets
