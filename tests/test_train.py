@@ -89,9 +89,12 @@ def test_stream_is_independent_of_workers_and_processes(tmp_path):
 
 
 def test_short_inductive_run_learns_and_writes_its_outputs(tmp_path):
-    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=20)
+    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,))
     result = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
+    # The newest checkpoint stays whole; of the others only the weights at keep_iterations stay.
+    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_20.safetensors", "iter_40.safetensors",
+                                                         "iter_40.state.pt"]  # fmt: skip
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     first = np.mean([r["loss"] for r in log[:5]])
     last = np.mean([r["loss"] for r in log[-5:]])

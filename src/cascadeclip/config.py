@@ -262,6 +262,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_interval: int = 0  # 0: every iters / 10, as the reference
     keep_checkpoints: int = 3
+    # Weights also kept at these iterations: an inductive preset keeps its midpoint, where transductive runs start.
+    keep_iterations: tuple[int, ...] = ()
     log_interval: int = 10
     eval_interval: int = 0  # 0: no evaluation during training (the reference evaluates only at the end)
 

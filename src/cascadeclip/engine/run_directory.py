@@ -87,10 +87,11 @@ class RunDirectory:
     def load_state(self, iteration: int) -> dict[str, Any]:
         return torch.load(self.state_path(iteration), map_location="cpu", weights_only=True)
 
-    def prune(self, keep: int) -> None:
-        """Delete all but the newest `keep` checkpoints (weights and state)."""
+    def prune(self, keep: int, keep_weights_of: tuple[int, ...] = ()) -> None:
+        """Delete all but the newest `keep` checkpoints; the weights (not the state) of `keep_weights_of` stay."""
         for iteration in self.checkpoints()[:-keep] if keep > 0 else []:
-            self.model_path(iteration).unlink(missing_ok=True)
+            if iteration not in keep_weights_of:
+                self.model_path(iteration).unlink(missing_ok=True)
             self.state_path(iteration).unlink(missing_ok=True)
 
     def write_status(self, iteration: int, finished: bool) -> None:

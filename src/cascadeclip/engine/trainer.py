@@ -206,12 +206,12 @@ def train(
             model.train()
             if dist_info.is_main:
                 run.append_log({"iter": done, "eval": metrics})
-        if done % checkpoint_every == 0 or done == tcfg.iters:
+        if done % checkpoint_every == 0 or done == tcfg.iters or done in tcfg.keep_iterations:
             rng = _rng_states(dist_info)
             if dist_info.is_main:
                 save_model(run.model_path(done), model, classes, iteration=done, config_name=cfg.name)
                 run.save_state(done, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
-                run.prune(tcfg.keep_checkpoints)
+                run.prune(tcfg.keep_checkpoints, tcfg.keep_iterations)
                 run.write_status(done, finished=done == tcfg.iters)
                 plot_curves(run.log, run.curves)
             last_checkpoint = run.model_path(done)
