@@ -15,13 +15,13 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import tokenize
+from tqdm import tqdm
 
 from ..class_names import WORLD_CLASSES, WORLD_UNSEEN
 from ..text_embeddings import SINGLE_TEMPLATE
@@ -97,12 +97,13 @@ def learning_rate(cfg: TinyClipConfig, step: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
 
 
-def pretrain(cfg: TinyClipConfig, progress: Callable[[int, float], None] | None = None) -> tuple[CLIP, list[float]]:
+def pretrain(cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, list[float]]:
     """Train a tiny CLIP from scratch; returns it (eval mode) and the loss of every step."""
     clip = build_clip(cfg).train()
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=0.1)
     losses = []
-    for step in range(cfg.steps):
+    bar = tqdm(range(cfg.steps), desc="pretrain tiny CLIP", disable=not progress, dynamic_ncols=True)
+    for step in bar:
         images, captions = pretraining_batch(cfg, step)
         tokens = tokenize(captions, context_length=cfg.context_length)
         for group in optimizer.param_groups:
@@ -115,8 +116,7 @@ def pretrain(cfg: TinyClipConfig, progress: Callable[[int, float], None] | None 
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
-        if progress is not None:
-            progress(step, losses[-1])
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return clip.eval(), losses
 
 
@@ -143,9 +143,7 @@ def save_openai_archive(clip: CLIP, path: Path, cfg: TinyClipConfig) -> None:
         torch.jit.trace_module(clip, {"forward": example}, check_trace=False).save(str(path))
 
 
-def pretrained_tiny_clip(
-    cfg: TinyClipConfig, cache: Path | None = None, progress: Callable[[int, float], None] | None = None
-) -> tuple[Path, dict]:
+def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """The archive of the tiny CLIP for `cfg` and its facts (losses, zero-shot accuracies), pretrained on first use
     and cached under the world's cache folder, keyed by the whole configuration (seed included)."""
 
