@@ -194,6 +194,16 @@ def test_text_tower_from_openai_clip_weights(tmp_path):
     torch.testing.assert_close(segmenter.class_embeddings(["cat"]), expected, atol=1e-5, rtol=0)  # float32 op order
 
 
+def test_authors_pth_brings_its_own_text_tower(tmp_path):
+    torch.manual_seed(0)
+    model = CascadeCLIP(tiny_model_config(with_text=True))
+    torch.save({"meta": {}, "state_dict": model.state_dict()}, tmp_path / "iter_80000.pth")  # the authors' layout
+    segmenter = Segmenter.from_pretrained(tmp_path / "iter_80000.pth", device="cpu")
+    tower = segmenter.text_encoder.state_dict()
+    assert all(torch.equal(v, tower[k]) for k, v in model.text_encoder.state_dict().items())
+    assert len(segmenter(skimage.data.chelsea(), candidate_labels=["cat", "rug"])) == 2
+
+
 def test_an_interrupted_run_resumes(checkpoint, sample_folder, tmp_path, capsys):
     out = tmp_path / "out"
     args = [sample_folder, "--classes", "cat, dog", "--checkpoint", checkpoint, "--out", out]
@@ -206,6 +216,13 @@ def test_an_interrupted_run_resumes(checkpoint, sample_folder, tmp_path, capsys)
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("astronaut*")}
     assert segment(*args[:-4], "--classes", "cat, dog, sky", *args[-4:]) == 0  # other classes: all redone
     assert json.loads((out / "astronaut.json").read_text())["settings"]["classes"] == ["cat", "dog", "sky"]
+
+
+def test_outputs_written_into_the_input_folder_are_not_taken_as_inputs(checkpoint, sample_folder, capsys):
+    args = [sample_folder, "--classes", "cat, dog", "--checkpoint", checkpoint, "--out", sample_folder]
+    assert segment(*args) == 0 and segment(*args) == 0
+    assert f"segmented {len(SAMPLES)} image(s)" in capsys.readouterr().out.splitlines()[-1]
+    assert not list(sample_folder.glob("*_overlay_*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,6 +259,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(checkpoint, sample_folder, tm
     _fails(capsys, out, image, *good, "--background", "1.5", match="between 0 and 1")
 
 
+@pytest.mark.filterwarnings("ignore:.*TorchScript:UserWarning", "ignore::FutureWarning")  # torch.load on CLIP's .pt
 def test_missing_or_wrong_weights_say_what_to_use(checkpoint, sample_folder, tmp_path, capsys):
     out = tmp_path / "out"
     args = [sample_folder / "chelsea.png", "--classes", "cat, dog"]

@@ -73,20 +73,29 @@ def read_class_names(args: argparse.Namespace) -> list[str]:
     return check_class_names([line for line in lines if line.strip()])
 
 
-def find_images(inputs: list[str]) -> list[Path]:
-    """Image paths from files, folders (images directly inside) and glob patterns, in the order given."""
+def find_images(inputs: list[str], out: Path) -> list[Path]:
+    """Image paths from files, folders (images directly inside) and glob patterns, in the order given.
+
+    Folders and patterns leave out this command's own pictures in `out`, so that a rerun into the input folder does
+    not segment its overlays.
+    """
+
+    def wanted(p: Path) -> bool:
+        own_output = p.parent.resolve() == out.resolve() and p.name.endswith(("_labels.png", "_overlay.png"))
+        return p.is_file() and not own_output
+
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and wanted(p))
             if not images:
                 raise UserError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found += images
         elif path.is_file():
             found.append(path)
         elif any(c in item for c in "*?["):
-            images = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if p.is_file())
+            images = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if wanted(p))
             if not images:
                 raise UserError(f"no files match {item}")
             found += images
@@ -198,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     elif len(names) == 1:
         print(f"note: with one class and no --background every pixel is {names[0]!r}; add --background or more names",
               file=sys.stderr)  # fmt: skip
-    images = find_images(args.inputs)
+    images = find_images(args.inputs, args.out)
     segmenter = build_segmenter(args)
     settings = {
         "classes": names,
