@@ -13,7 +13,7 @@ import sys
 from ..errors import UserError
 
 # command name -> module in cascadeclip.cli
-SUBCOMMANDS = {"demo": "demo", "convert": "convert", "train": "train"}
+SUBCOMMANDS = {"demo": "demo", "segment": "segment", "train": "train", "convert": "convert"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,236 @@
+"""`cascade-clip segment`: segment images with any class names; per image a label PNG, an overlay and a summary.
+
+For each input image `NAME.ext` the output folder gets:
+- `NAME_labels.png`: palette PNG, pixel value = position of the class in the list given (0, 1, ...), 255 =
+  background (only with --background; drawn black);
+- `NAME_overlay.png`: the image at its own resolution with each class tinted and outlined, above a legend strip
+  listing the classes found (largest first, with their share of the image) and naming those not found;
+- `NAME.json`: per class its colour, pixel share, mean score over its pixels and highest score anywhere;
+- `NAME_scores.npz` with --scores: per-class probability maps (float16, compressed, at the image's resolution).
+
+Everything is checked before anything is written (class names, that every image exists and decodes, the weights).
+Each file is written atomically and the JSON last, so an interrupted run resumes: images whose JSON records the
+same settings are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm import tqdm
+
+from ..checkpoints import atomic_write
+from ..errors import UserError
+from ..images import IMAGE_SUFFIXES, load_image
+from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, WEIGHTS_HELP, check_class_names, parse_class_names
+from ..visualize import BACKGROUND_LABEL, IGNORE_COLOR, palette, segmentation_overlay
+
+HELP = "segment images with any class names (writes label PNGs, overlays with a legend, JSON summaries)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (the images directly inside) or quoted glob patterns ('**' recurses)")
+    names = parser.add_mutually_exclusive_group(required=True)
+    names.add_argument("--classes", help='class names separated by commas, e.g. "cat, dog, grass"')
+    names.add_argument("--classes-file", type=Path, help="a text file with one class name per line (blank lines skipped)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors")
+    parser.add_argument("--clip-weights", type=Path,
+                        help="OpenAI CLIP ViT-B-16.pt (or it converted): the text tower that embeds the class names; "
+                             "needed when the checkpoint has none, used instead of the checkpoint's when given")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="smoke test only: a ViT-B/16-sized model with random weights; the output is meaningless")
+    parser.add_argument("--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)")
+    parser.add_argument("--background", type=float, nargs="?", const=0.5, metavar="T",
+                        help="label pixels where no class reaches probability T (default 0.5) as background (255)")
+    parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
+    parser.add_argument("--mode", choices=["slide", "whole"], default="slide",
+                        help="sliding 512 windows as the authors evaluate (default), or one forward per image")
+    parser.add_argument("--single-template", action="store_true",
+                        help='embed names with "a photo of a {}" only, instead of the 15-template ensemble')
+    parser.add_argument("--short-side", type=int, help="resize the short side to this before inference (default: 512)")
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")  # fmt: skip
+
+
+def read_class_names(args: argparse.Namespace) -> list[str]:
+    if args.classes is not None:
+        return check_class_names(parse_class_names(args.classes))
+    try:
+        lines = args.classes_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the class file {args.classes_file}: {err}") from None
+    return check_class_names([line for line in lines if line.strip()])
+
+
+def find_images(inputs: list[str], out: Path) -> list[Path]:
+    """Image paths from files, folders (images directly inside) and glob patterns, in the order given.
+
+    Folders and patterns leave out this command's own pictures in `out`, so that a rerun into the input folder does
+    not segment its overlays.
+    """
+
+    def wanted(p: Path) -> bool:
+        own_output = p.parent.resolve() == out.resolve() and p.name.endswith(("_labels.png", "_overlay.png"))
+        return p.is_file() and not own_output
+
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and wanted(p))
+            if not images:
+                raise UserError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        elif any(c in item for c in "*?["):
+            images = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if wanted(p))
+            if not images:
+                raise UserError(f"no files match {item}")
+            found += images
+        else:
+            raise UserError(f"input {path} not found")
+    found = list(dict.fromkeys(p.resolve() for p in found))
+    stems: dict[str, Path] = {}
+    for path in found:
+        if path.stem in stems:
+            raise UserError(f"{stems[path.stem]} and {path} would write the same outputs ({path.stem}_*); "
+                            "rename one or segment them into different --out folders")  # fmt: skip
+        stems[path.stem] = path
+    for path in found:
+        load_image(path)  # every image decodes before anything is written
+    return found
+
+
+def output_paths(out: Path, image: Path, with_scores: bool) -> dict[str, Path | None]:
+    return {
+        "labels": out / f"{image.stem}_labels.png",
+        "overlay": out / f"{image.stem}_overlay.png",
+        "scores": out / f"{image.stem}_scores.npz" if with_scores else None,
+        "summary": out / f"{image.stem}.json",
+    }
+
+
+def is_done(paths: dict[str, Path | None], settings: dict) -> bool:
+    """True when the image's summary exists, records the same settings, and all its files exist."""
+    try:
+        summary = json.loads(paths["summary"].read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("settings") == settings and all(p.is_file() for p in paths.values() if p is not None)
+
+
+def write_outputs(
+    image_path: Path, image: Image.Image, prediction: Prediction, paths: dict, colors: np.ndarray, settings: dict
+) -> None:
+    """The label PNG, the overlay, the scores if asked for, and last the JSON summary; each written atomically."""
+    names = prediction.names
+    label_png = Image.fromarray(prediction.labels, mode="P")
+    table = np.tile(np.array(IGNORE_COLOR, dtype=np.uint8), (256, 1))
+    table[: len(names)] = colors
+    label_png.putpalette(table.ravel().tolist())
+    atomic_write(paths["labels"], lambda tmp: label_png.save(tmp, format="PNG"))
+
+    background = settings["background"]
+    background_text = f"{BACKGROUND_NAME} (no class >= {background:.2f})" if background is not None else None
+    caption = "RANDOM WEIGHTS: the labels are noise." if settings["checkpoint"] == "random" else ""
+    picture, legend_lines = segmentation_overlay(image, prediction.labels, names, colors, background_text, caption=caption)
+    info = PngInfo()
+    info.add_text("Description", "Cascade-CLIP segmentation. " + "; ".join(legend_lines))
+    atomic_write(paths["overlay"], lambda tmp: picture.save(tmp, format="PNG", pnginfo=info))
+
+    if paths["scores"] is not None:
+        def write_scores(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, scores=prediction.scores, names=np.array(names))
+
+        atomic_write(paths["scores"], write_scores)
+
+    summary = {
+        "image": str(image_path),
+        "width": int(prediction.labels.shape[1]),
+        "height": int(prediction.labels.shape[0]),
+        "classes": [
+            {
+                "index": i,
+                "name": name,
+                "color": "#{:02x}{:02x}{:02x}".format(*colors[i]),
+                "pixel_share": round(float(prediction.pixel_share[i]), 6),
+                "mean_score": round(float(prediction.mean_score[i]), 6),
+                "max_score": round(float(prediction.max_score[i]), 6),
+            }
+            for i, name in enumerate(names)
+        ],
+        "background": None if background is None else {
+            "index": BACKGROUND_LABEL, "threshold": background, "pixel_share": round(prediction.background_share, 6),
+        },
+        "files": {k: p.name for k, p in paths.items() if p is not None and k != "summary"},
+        "settings": settings,
+    }  # fmt: skip
+    atomic_write(paths["summary"], lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+def build_segmenter(args: argparse.Namespace) -> Segmenter:
+    options = dict(device=args.device, templates="single" if args.single_template else "multi", mode=args.mode,
+                   short_side=args.short_side, bf16=args.bf16)  # fmt: skip
+    if args.random_weights:
+        if args.checkpoint is not None:
+            raise UserError("give --checkpoint or --random-weights, not both")
+        print("RANDOM weights (--random-weights): the segmentations written are meaningless; this only tests the path",
+              file=sys.stderr)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return Segmenter.with_random_weights(**options)
+    if args.checkpoint is None:
+        raise UserError(f"no --checkpoint given. {WEIGHTS_HELP}")
+    return Segmenter.from_pretrained(args.checkpoint, args.clip_weights, **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = read_class_names(args)
+    if args.background is not None:
+        if not 0 < args.background < 1:
+            raise UserError(f"--background takes a probability between 0 and 1, got {args.background}")
+        if BACKGROUND_NAME in (n.casefold() for n in names):
+            raise UserError(f"a class is named {BACKGROUND_NAME!r} and --background is set; drop one of them")
+    elif len(names) == 1:
+        print(f"note: with one class and no --background every pixel is {names[0]!r}; add --background or more names",
+              file=sys.stderr)  # fmt: skip
+    images = find_images(args.inputs, args.out)
+    segmenter = build_segmenter(args)
+    settings = {
+        "classes": names,
+        "checkpoint": "random" if args.random_weights else str(args.checkpoint.resolve()),
+        "clip_weights": str(args.clip_weights.resolve()) if args.clip_weights else None,
+        "templates": segmenter.templates,
+        "mode": segmenter.mode,
+        "short_side": segmenter.short_side,
+        "background": args.background,
+        "scores": args.scores,
+    }
+    colors = palette(len(names))
+    done = 0
+    for image_path in tqdm(images, desc="segment", unit="image", disable=len(images) < 2):
+        paths = output_paths(args.out, image_path, args.scores)
+        if not args.overwrite and is_done(paths, settings):
+            done += 1
+            continue
+        image = load_image(image_path)
+        prediction = segmenter.predict(image, names, args.background, scores=args.scores, scores_dtype=np.float16)
+        write_outputs(image_path, image, prediction, paths, colors, settings)
+    skipped = f" ({done} already done, skipped)" if done else ""
+    print(f"segmented {len(images)} image(s) into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
+          + (", *_scores.npz" if args.scores else "")
+          + (". The weights were RANDOM: the labels are meaningless" if args.random_weights else ""))  # fmt: skip
+    return 0

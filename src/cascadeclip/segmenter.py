@@ -1,0 +1,351 @@
+"""Segment any image with any class names: a Python API in the style of Hugging Face pipelines.
+
+    from cascadeclip import Segmenter
+    segmenter = Segmenter.from_pretrained("coco_inductive.safetensors")
+    for segment in segmenter("photo.jpg", candidate_labels=["cat", "sofa", "floor"]):
+        print(segment["label"], segment["score"], segment["mask"].size)
+
+Scores are the model's per-class sigmoid probabilities, computed independently for each name. For names you choose
+there is no seen/unseen split, so the authors' inductive shift (-0.1 on seen classes, spec §1.7) is not applied:
+every name is scored the same way. Each pixel takes the name with the highest score. With `background=T`, pixels
+where no name reaches T are background instead. That is meaningful for these models although none has a background
+class: in training, pixels of no class (VOC background, unseen objects) are negatives for every class (spec
+pitfall 10), so a low score for every name is how the model says "none of these".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+
+from .checkpoints import (
+    AUTHORS_CHECKPOINTS_URL,
+    OPENAI_VIT_B_16_URL,
+    CheckpointError,
+    clip_to_cascade_state,
+    read_openai_clip,
+    text_config_from_clip,
+)
+from .config import ModelConfig, TextEncoderConfig
+from .errors import UserError
+from .factory import load_checkpoint
+from .images import load_image
+from .inference import predict_scores
+from .modeling.cascade_clip import CascadeCLIP
+from .modeling.text_encoder import TextEncoder
+from .text_cache import TextEmbeddingCache
+from .text_embeddings import templates_for
+from .transforms import test_image_tensor
+from .visualize import BACKGROUND_LABEL
+
+MAX_CLASSES = 255  # label PNGs hold one byte per pixel, and 255 is background
+BACKGROUND_NAME = "background"
+
+WEIGHTS_HELP = (
+    "Cascade-CLIP weights are needed. The authors publish six checkpoints (.pth; the COCO-Stuff ones know the most "
+    f"classes) at {AUTHORS_CHECKPOINTS_URL}: give one to --checkpoint as it is (they carry the CLIP text tower), or "
+    "convert it once with `cascade-clip convert FILE.pth OUT.safetensors` to load it without unpickling. A checkpoint "
+    f"without a text tower also needs OpenAI's CLIP weights ViT-B-16.pt ({OPENAI_VIT_B_16_URL}) as --clip-weights"
+)
+
+
+def parse_class_names(text: str) -> list[str]:
+    """"cat, dog, grass" -> ["cat", "dog", "grass"]; empty entries are kept so that `check_class_names` reports them."""
+    return [name.strip() for name in text.split(",")]
+
+
+def check_class_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The names with surrounding spaces removed; UserError if any is empty, repeated, or there are too many."""
+    if isinstance(names, str):
+        raise UserError(f"candidate labels must be a list of names, not the string {names!r}; "
+                        "use parse_class_names for a comma-separated string")  # fmt: skip
+    names = [str(n).strip() for n in names]
+    if not names:
+        raise UserError("no class names given; name at least one class, e.g. \"cat, dog, grass\"")
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise UserError(f"class name number {', '.join(map(str, empty))} of {len(names)} is empty "
+                        "(two commas in a row, or a comma at the end?)")  # fmt: skip
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.casefold() in seen:
+            raise UserError(f"class name {name!r} is given twice (as {seen[name.casefold()]!r} and {name!r}); "
+                            "each name must be given once")  # fmt: skip
+        seen[name.casefold()] = name
+    if len(names) > MAX_CLASSES:
+        raise UserError(f"{len(names)} class names given; at most {MAX_CLASSES} fit in a label image")
+    return names
+
+
+@dataclass
+class Prediction:
+    """A segmentation at the image's own resolution (after EXIF orientation)."""
+
+    names: list[str]
+    labels: np.ndarray  # (H, W) uint8: index into `names`, 255 = background
+    pixel_share: np.ndarray  # (C,) fraction of the image labelled with each name
+    mean_score: np.ndarray  # (C,) mean probability of each name over the pixels labelled with it (0 where none)
+    max_score: np.ndarray  # (C,) highest probability of each name anywhere in the image
+    background_share: float  # fraction of background pixels (0 unless a background threshold was given)
+    scores: np.ndarray | None  # (C, H, W) probabilities, when asked for
+
+
+class Segmenter:
+    """A Cascade-CLIP model and a CLIP text tower that segment images into any list of class names.
+
+    Args:
+        model: the segmentation model (it runs on given class embeddings; its own text tower is not called).
+        text_encoder: the CLIP text tower that embeds class names.
+        device: where to run; default CUDA when available, else CPU.
+        templates: "multi" (15-template ensemble, default) or "single" ("a photo of a {}").
+        mode: "slide" (512 windows, stride 426, as the authors evaluate) or "whole" (one forward per image).
+        short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
+        crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
+        bf16: run the model under bfloat16 autocast.
+        cache_dir: folder of the text-embedding cache (default: see `text_cache.cache_dir`).
+    """
+
+    def __init__(
+        self,
+        model: CascadeCLIP,
+        text_encoder: TextEncoder,
+        device: str | torch.device | None = None,
+        templates: str = "multi",
+        mode: str = "slide",
+        short_side: int | None = None,
+        crop: int | None = None,
+        stride: int | None = None,
+        window_batch: int = 8,
+        bf16: bool = False,
+        cache_dir: str | Path | None = None,
+    ):
+        if mode not in ("slide", "whole"):
+            raise UserError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+        if text_encoder.cfg.output_dim != model.cfg.head.dim:
+            raise CheckpointError(f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
+                                  f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs")  # fmt: skip
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.text_encoder = text_encoder.eval().to(self.device)
+        self.templates = templates
+        self.mode = mode
+        self.crop = crop or model.cfg.image_encoder.image_size
+        self.short_side = short_side or self.crop
+        self.stride = stride or max(1, round(self.crop * 426 / 512))
+        self.window_batch = window_batch
+        self.bf16 = bf16
+        self.text_cache = TextEmbeddingCache(self.text_encoder, templates_for(templates),
+                                             Path(cache_dir) if cache_dir else None)  # fmt: skip
+
+    @classmethod
+    def from_pretrained(
+        cls, checkpoint: str | Path, clip_weights: str | Path | None = None, device: str | torch.device | None = None, **options
+    ) -> Segmenter:
+        """Load a Cascade-CLIP checkpoint: ours (.safetensors) or one of the authors' .pth files (a pickle: only
+        files you trust). The text tower comes from `clip_weights` (OpenAI's ViT-B-16.pt, or it converted) when
+        given, else from the checkpoint. `options` go to the constructor."""
+        model, text_encoder = load_segmentation_weights(checkpoint, clip_weights)
+        return cls(model, text_encoder, device, **options)
+
+    @classmethod
+    def with_random_weights(
+        cls, cfg: ModelConfig | None = None, device: str | torch.device | None = None, seed: int = 0, **options
+    ) -> Segmenter:
+        """For smoke tests only: a model with random weights (ViT-B/16 sizes unless `cfg`). Its output is noise."""
+        cfg = cfg or ModelConfig()
+        cfg = dataclasses.replace(cfg, text_encoder=cfg.text_encoder or TextEncoderConfig())
+        warnings.warn("the segmenter has RANDOM weights: its segmentations are meaningless", stacklevel=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same weights every time, so cached text embeddings stay valid
+            model = CascadeCLIP(cfg)
+        return cls(model, model.text_encoder, device, **options)
+
+    def class_embeddings(self, names: list[str] | tuple[str, ...]) -> torch.Tensor:
+        """(C, D) unit-norm embeddings of `names`, from the cache where possible, else from the text tower."""
+        return self.text_cache.embeddings(list(names))
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: str | Path | Image.Image | np.ndarray,
+        candidate_labels: list[str] | tuple[str, ...],
+        background: float | None = None,
+        scores: bool = True,
+        scores_dtype: type = np.float32,
+    ) -> Prediction:
+        """Label map, per-class figures and (if `scores`) probability maps of one image, at its own resolution.
+
+        Args:
+            image: a path, a PIL image or an (H, W[, C]) array (see `images.load_image`).
+            candidate_labels: the class names, any words.
+            background: if given, pixels where no name's probability reaches it are labelled 255 (background).
+        """
+        names = check_class_names(candidate_labels)
+        if background is not None and not 0 < background < 1:
+            raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+        rgb = load_image(image)
+        text = self.class_embeddings(names).to(self.device)
+        working = self._working_scores(rgb, text)
+        return _summarize(working, (rgb.height, rgb.width), names, background, scores, scores_dtype)
+
+    def __call__(
+        self,
+        image: str | Path | Image.Image | np.ndarray | list,
+        candidate_labels: list[str] | tuple[str, ...],
+        background: float | None = None,
+    ) -> list[dict] | list[list[dict]]:
+        """One `{"label", "score", "mask"}` per candidate label, in the order given; a list of such lists for a
+        list of images.
+
+        "mask" is a PIL "L" image of the image's size, 255 where the label wins and 0 elsewhere; the masks partition
+        the image. "score" is the label's mean probability over its mask (0.0 for an empty mask). With a background
+        threshold a last entry labelled "background" (score None) holds the pixels no label claims.
+        """
+        if isinstance(image, (list, tuple)):
+            return [self(item, candidate_labels, background) for item in image]
+        prediction = self.predict(image, candidate_labels, background, scores=False)
+        segments = [
+            {"label": name, "score": float(prediction.mean_score[i]), "mask": _mask(prediction.labels == i)}
+            for i, name in enumerate(prediction.names)
+        ]
+        if background is not None:
+            segments.append({"label": BACKGROUND_NAME, "score": None, "mask": _mask(prediction.labels == BACKGROUND_LABEL)})
+        return segments
+
+    def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
+        tensor = test_image_tensor(image, self.short_side).to(self.device)
+        height, width = tensor.shape[-2:]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.mode == "whole":  # pad (with the mean colour, 0 after normalising) to whole patches, then crop
+                patch = self.model.cfg.image_encoder.patch_size
+                tensor = F.pad(tensor, (0, -width % patch, 0, -height % patch))
+                scores = predict_scores(self.model, tensor, text, mode="whole")[..., :height, :width]
+            else:
+                scores = predict_scores(self.model, tensor, text, mode="slide", crop=self.crop, stride=self.stride,
+                                        window_batch=self.window_batch)  # fmt: skip
+        return scores[0].float()
+
+
+def _mask(selected: np.ndarray) -> Image.Image:
+    return Image.fromarray(selected.astype(np.uint8) * 255, mode="L")
+
+
+def _bilinear_taps(out_len: int, in_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and weight of i1 per output position, as F.interpolate(bilinear, align_corners=False)."""
+    position = ((torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5).clamp(min=0)
+    low = position.floor().long().clamp(max=in_len - 1)
+    return low, (low + 1).clamp(max=in_len - 1), (position - low).float()
+
+
+def upsampled_strips(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 24):
+    """Yield (row0, row1, (C, row1-row0, W) strip) of `scores` (C, h, w) resized bilinearly to `size` = (H, W).
+
+    Equal to F.interpolate(bilinear, align_corners=False) on the whole map, but strip by strip, so that a large
+    photo with many classes never holds every full-resolution score map at once.
+    """
+    classes = scores.shape[0]
+    rows_low, rows_high, row_weight = _bilinear_taps(size[0], scores.shape[1], scores.device)
+    cols_low, cols_high, col_weight = _bilinear_taps(size[1], scores.shape[2], scores.device)
+    step = max(1, max_elements // (classes * size[1]))
+    for y0 in range(0, size[0], step):
+        y1 = min(y0 + step, size[0])
+        w = row_weight[y0:y1].view(1, -1, 1)
+        rows = scores[:, rows_low[y0:y1]] * (1 - w) + scores[:, rows_high[y0:y1]] * w
+        yield y0, y1, rows[:, :, cols_low] * (1 - col_weight) + rows[:, :, cols_high] * col_weight
+
+
+def _summarize(
+    working: torch.Tensor, size: tuple[int, int], names: list[str], background: float | None, keep_scores: bool, scores_dtype
+) -> Prediction:
+    """Labels, shares, mean and max scores at full resolution from (C, h, w) working-resolution scores."""
+    classes = len(names)
+    labels = np.empty(size, dtype=np.uint8)
+    full = np.empty((classes, *size), dtype=scores_dtype) if keep_scores else None
+    counts = torch.zeros(classes + 1, dtype=torch.float64, device=working.device)  # last bin: background
+    sums = torch.zeros(classes + 1, dtype=torch.float64, device=working.device)
+    highest = torch.full((classes,), -torch.inf, device=working.device)
+    for y0, y1, strip in upsampled_strips(working, size):
+        best, winner = strip.max(0)
+        if background is not None:
+            winner = torch.where(best < background, classes, winner)
+        counts += torch.bincount(winner.flatten(), minlength=classes + 1)
+        sums += torch.bincount(winner.flatten(), weights=best.flatten().double(), minlength=classes + 1)
+        highest = torch.maximum(highest, strip.flatten(1).amax(1))
+        labels[y0:y1] = torch.where(winner == classes, BACKGROUND_LABEL, winner).cpu().numpy()
+        if full is not None:
+            full[:, y0:y1] = strip.cpu().numpy()
+    total = size[0] * size[1]
+    share = (counts / total).cpu().numpy()
+    mean = torch.where(counts > 0, sums / counts.clamp(min=1), 0.0).cpu().numpy()
+    return Prediction(
+        names=list(names),
+        labels=labels,
+        pixel_share=share[:classes].astype(np.float64),
+        mean_score=mean[:classes].astype(np.float64),
+        max_score=highest.cpu().numpy().astype(np.float64),
+        background_share=float(share[classes]),
+        scores=full,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_segmentation_weights(checkpoint: str | Path, clip_weights: str | Path | None = None) -> tuple[CascadeCLIP, TextEncoder]:
+    """(model, text tower) from a Cascade-CLIP checkpoint and, optionally, OpenAI CLIP weights for the text tower.
+
+    Raises UserError naming the missing or unsuitable file, with where to get the right one.
+    """
+    checkpoint = Path(checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
+    if clip_weights is not None and not Path(clip_weights).expanduser().is_file():
+        raise UserError(f"CLIP weights {clip_weights} not found. Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}")
+    if _is_openai_clip_safetensors(checkpoint):
+        raise UserError(f"{checkpoint} holds OpenAI CLIP weights, not a Cascade-CLIP model: give it as --clip-weights "
+                        f"(clip_weights=...), and a Cascade-CLIP checkpoint as --checkpoint. {WEIGHTS_HELP}")  # fmt: skip
+    try:
+        model, _, _ = load_checkpoint(checkpoint, with_text_encoder=clip_weights is None)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. --checkpoint takes a Cascade-CLIP checkpoint (an authors' .pth or a "
+                              "cascadeclip .safetensors); OpenAI's ViT-B-16.pt goes to --clip-weights") from None  # fmt: skip
+    if clip_weights is not None:
+        return model, text_encoder_from_clip(clip_weights)
+    if model.text_encoder is None:
+        raise UserError(f"{checkpoint} has no CLIP text tower, which is needed to embed class names: pass OpenAI's "
+                        f"ViT-B-16.pt (from {OPENAI_VIT_B_16_URL}) as --clip-weights (clip_weights=...)")  # fmt: skip
+    return model, model.text_encoder
+
+
+def text_encoder_from_clip(path: str | Path) -> TextEncoder:
+    """The text tower of OpenAI CLIP weights (`.pt`, or converted to safetensors by `cascade-clip convert`)."""
+    state = read_openai_clip(path)
+    try:
+        cfg = text_config_from_clip(state)
+        mapped = clip_to_cascade_state(state, ModelConfig(text_encoder=cfg))
+        tower = TextEncoder(cfg)
+        tower.load_state_dict({k.removeprefix("text_encoder."): v for k, v in mapped.items() if k.startswith("text_encoder.")})
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: the CLIP text tower cannot be read from these weights ({err})") from None
+    return tower.eval()
+
+
+def _is_openai_clip_safetensors(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "openai-clip"
+    except Exception:  # not readable as safetensors: the checkpoint loader reports that
+        return False
