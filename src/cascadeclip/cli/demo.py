@@ -8,14 +8,12 @@ classes too, and writes a report folder (see `cascadeclip.world.report`). The sa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
-from ..world.cache import CACHE_ENV
-from ..world.pretrain import TinyClipConfig
+from ..text_cache import CACHE_ENV
 from ..world.protocol import WorldRecipe, run_protocol
 from ..world.report import headline, write_report
 
@@ -29,23 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="world, pretraining and training seed")
     parser.add_argument("--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/cascadeclip)")
     parser.add_argument("--iters", type=int, default=defaults.iters, help="inductive iterations (default: %(default)s)")
-    parser.add_argument("--clip-steps", type=int, default=defaults.clip.steps,
+    parser.add_argument("--clip-steps", type=int, default=defaults.clip_steps,
                         help="tiny CLIP pretraining steps (default: %(default)s)")  # fmt: skip
     parser.add_argument("--train-images", type=int, default=defaults.train_images, help="default: %(default)s")
     parser.add_argument("--val-images", type=int, default=defaults.val_images, help="default: %(default)s")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy sizes, seconds: checks that the whole chain works (its numbers mean nothing)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = WorldRecipe(
-        seed=args.seed,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        iters=args.iters,
-        clip=dataclasses.replace(TinyClipConfig(), steps=args.clip_steps),
-    )
+    if args.smoke:
+        recipe = WorldRecipe.smoke(args.seed)
+    else:
+        recipe = WorldRecipe(seed=args.seed, train_images=args.train_images, val_images=args.val_images,
+                             iters=args.iters, clip_steps=args.clip_steps)  # fmt: skip
     started = time.time()
     result = run_protocol(recipe, args.out, cache=args.cache, announce=lambda stage: print(f"== {stage}", flush=True))
     report = write_report(result, recipe, args.out, time.time() - started)

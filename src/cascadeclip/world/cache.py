@@ -11,12 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-CACHE_ENV = "CASCADECLIP_CACHE"
-
-
-def cache_root() -> Path:
-    """$CASCADECLIP_CACHE, else ~/.cache/cascadeclip."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cascadeclip").expanduser()
+from ..text_cache import cache_dir
 
 
 def content_key(recipe: dict[str, Any]) -> str:
@@ -25,11 +20,12 @@ def content_key(recipe: dict[str, Any]) -> str:
 
 
 def cached_folder(name: str, recipe: dict[str, Any], build: Callable[[Path], None], root: Path | None = None) -> Path:
-    """The folder `<root>/world/<name>-<key>`, calling build(tmp_folder) first if it does not exist yet.
+    """The folder `<root>/world/<name>-<key>` (root: the project's cache folder by default), calling
+    build(tmp_folder) first if it does not exist yet.
 
     An interrupted build leaves only a temporary folder behind, never a half-written cache entry.
     """
-    folder = (root or cache_root()) / "world" / f"{name}-{content_key(recipe)}"
+    folder = (root or cache_dir()) / "world" / f"{name}-{content_key(recipe)}"
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

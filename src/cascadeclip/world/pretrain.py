@@ -48,6 +48,7 @@ class TinyClipConfig:
     lr: float = 1e-3
     warmup: int = 50
     single_object_fraction: float = 0.5  # share of pretraining images showing one large object
+    zero_shot_images: int = 40  # single objects per class for the zero-shot accuracy
     seed: int = 0
 
 
@@ -121,12 +122,12 @@ def pretrain(cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, list[flo
 
 
 @torch.no_grad()
-def zero_shot_accuracy(clip: CLIP, cfg: TinyClipConfig, classes: tuple[int, ...], per_class: int = 40) -> float:
+def zero_shot_accuracy(clip: CLIP, cfg: TinyClipConfig, classes: tuple[int, ...]) -> float:
     """Top-1 accuracy, among all world classes, on single objects of `classes`, from the class names alone
     ('a photo of a {}', the template the segmentation queries use)."""
     prompts = [SINGLE_TEMPLATE[0].format(name) for name in WORLD_CLASSES]
     text = F.normalize(clip.encode_text(tokenize(prompts, context_length=cfg.context_length)), dim=-1)
-    correct = 0
+    correct, per_class = 0, cfg.zero_shot_images
     for c in classes:
         scenes = [single_object(scene_rng(cfg.seed, "zero_shot", c * per_class + i), c, cfg.image_size)
                   for i in range(per_class)]  # fmt: skip

@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ from ..engine.trainer import train
 from ..evaluation import evaluate
 from ..factory import load_checkpoint
 from ..presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
-from .cache import cache_root, cached_folder
+from .cache import cached_folder
 from .dataset import write_dataset
 from .pretrain import TinyClipConfig, pretrained_tiny_clip
 
@@ -42,11 +41,19 @@ class WorldRecipe:
     train_images: int = 2000
     val_images: int = 200
     iters: int = WORLD_INDUCTIVE_ITERS  # inductive iterations; transductive runs half as many
-    clip: TinyClipConfig = field(default_factory=TinyClipConfig)
+    clip_steps: int = TinyClipConfig.steps
+    clip_batch: int = TinyClipConfig.batch_size
+    zero_shot_images: int = TinyClipConfig.zero_shot_images
 
-    def __post_init__(self):
-        if self.clip.seed != self.seed or self.clip.image_size != WORLD_IMAGE_SIZE:
-            object.__setattr__(self, "clip", dataclasses.replace(self.clip, seed=self.seed, image_size=WORLD_IMAGE_SIZE))
+    @property
+    def clip(self) -> TinyClipConfig:
+        return TinyClipConfig(image_size=WORLD_IMAGE_SIZE, steps=self.clip_steps, batch_size=self.clip_batch,
+                              zero_shot_images=self.zero_shot_images, seed=self.seed)  # fmt: skip
+
+    @classmethod
+    def smoke(cls, seed: int = 0) -> WorldRecipe:
+        """Toy sizes that run the whole chain in seconds: checks that everything works, its numbers mean nothing."""
+        return cls(seed=seed, train_images=8, val_images=4, iters=4, clip_steps=2, clip_batch=8, zero_shot_images=2)
 
 
 @dataclass
@@ -111,7 +118,6 @@ def run_protocol(
     announce: Callable[[str], None] = print,
 ) -> ProtocolResult:
     """Run the whole protocol; training runs go to out/runs/<variant>-<setting> (rewritten on every call)."""
-    cache = cache or cache_root()
     announce("world dataset")
     data_root = world_dataset(recipe, cache)
     announce("tiny CLIP (pretrained once, then cached)")
