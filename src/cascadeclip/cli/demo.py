@@ -1,8 +1,9 @@
 """`cascade-clip demo`: the whole zero-shot story in a miniature world, on a CPU, in minutes, downloading nothing.
 
-It pretrains a tiny CLIP on captioned scenes of coloured shapes (cached after the first run), trains Cascade-CLIP and
-the single-decoder baseline on the 15 seen classes (inductive, then transductive), evaluates all four on the 5 unseen
-classes too, and writes a report folder (see `cascadeclip.world.report`). The same seed gives the same numbers.
+It pretrains a tiny CLIP on captioned scenes of coloured, patterned shapes (cached after the first run), trains
+Cascade-CLIP and the single-decoder baseline on the 15 seen classes (inductive, then transductive), evaluates all four
+on the 5 unseen classes too, and writes a report folder (see `cascadeclip.world.report`). The same seed gives the
+same numbers.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
     return "\n".join([
         "# Cascade-CLIP in the miniature world",
         "",
-        f"20 classes (colour x shape), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
+        f"20 classes (colour x pattern, e.g. "red striped"), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
         f"{recipe.val_images} validation scenes of {cfg.model.image_encoder.image_size} px; seed {recipe.seed}. "
         f"Inductive runs: {recipe.iters} iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive "
         f"runs: {recipe.iters // 2} more from the inductive midpoint. Metric: the project's evaluation on the "

@@ -1,4 +1,6 @@
-"""Procedural scenes of the miniature world: coloured shapes on textured backgrounds, with exact masks and captions.
+"""Procedural scenes of the miniature world: coloured, patterned shapes on muted textured backgrounds, with exact
+masks and captions. An object's class is its colour and its surface pattern; its shape is drawn at random and is
+not part of the class.
 
 A scene is fully determined by (seed, stream, index): the same numbers always give the same pixels. Objects are
 painted in order, later ones occluding earlier ones; the label map records exactly which object owns each pixel
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_SHAPES
+from ..class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS
 
 # Hues (degrees) far enough apart that the training pipeline's hue jitter (up to 36 degrees) keeps them apart.
 COLOUR_HUES = {"red": 0.0, "yellow": 55.0, "green": 125.0, "blue": 225.0, "purple": 295.0}
@@ -32,9 +34,12 @@ class Scene:
     caption: str
 
 
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
 def class_words(c: int) -> tuple[str, str]:
-    """Class index -> (colour, shape)."""
-    return WORLD_COLOURS[c // len(WORLD_SHAPES)], WORLD_SHAPES[c % len(WORLD_SHAPES)]
+    """Class index -> (colour, pattern)."""
+    return WORLD_COLOURS[c // len(WORLD_PATTERNS)], WORLD_PATTERNS[c % len(WORLD_PATTERNS)]
 
 
 def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -52,20 +57,14 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float texture: blotches, stripes, a checkerboard or a gradient, with fine noise."""
+    """(size, size, 3) float texture: low-frequency blotches or a gradient, with fine noise. Never stripes, dots or
+    checks, which are the objects' patterns."""
     a, b = _muted_colour(rng), _muted_colour(rng)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    kind = rng.integers(4)
-    if kind == 0:  # low-frequency blotches
+    if rng.integers(2):  # blotches
         coarse = rng.uniform(0, 1, size=(5, 5))
         mix = np.array(Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)) / 255.0
-    elif kind == 1:  # stripes at a random angle and frequency
-        angle, freq = rng.uniform(0, math.pi), rng.uniform(3, 9)
-        mix = 0.5 + 0.5 * np.sin(2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)))
-    elif kind == 2:  # checkerboard
-        cells = rng.integers(3, 9)
-        mix = ((np.floor(xx * cells) + np.floor(yy * cells)) % 2).astype(float)
     else:  # linear gradient
+        yy, xx = np.mgrid[0:size, 0:size] / size
         angle = rng.uniform(0, 2 * math.pi)
         ramp = xx * math.cos(angle) + yy * math.sin(angle)
         mix = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-9)
@@ -111,13 +110,35 @@ def object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
     return 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95)))
 
 
-def paint_object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, colour: str) -> None:
-    """Fill `mask` in `image` (float, in place) with a shaded, slightly noisy colour."""
+def pattern_mask(rng: np.random.Generator, pattern: str, size: int) -> np.ndarray:
+    """(size, size) bool: where the pattern's light marks go (stripes, dots or checks of a random period, phase and
+    angle); nowhere for 'plain'."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    angle = rng.uniform(0, math.pi)
+    u = xx * math.cos(angle) + yy * math.sin(angle) + rng.uniform(0, 10)
+    v = -xx * math.sin(angle) + yy * math.cos(angle) + rng.uniform(0, 10)
+    period = rng.uniform(5, 7)
+    if pattern == "plain":
+        return np.zeros((size, size), dtype=bool)
+    if pattern == "striped":
+        return (u % period) < period / 2
+    if pattern == "dotted":
+        du, dv = (u % period) - period / 2, (v % period) - period / 2
+        return du**2 + dv**2 < (period / 3.5) ** 2
+    if pattern == "checkered":
+        return ((u // (period / 2)) + (v // (period / 2))) % 2 == 0
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
+def paint_object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, colour: str, pattern: str) -> None:
+    """Fill `mask` in `image` (float, in place): the colour, shaded, with the pattern's marks in a pale tint of it."""
     size = image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size] / size
     angle = rng.uniform(0, 2 * math.pi)
     shading = 1 + 0.15 * (xx * math.cos(angle) + yy * math.sin(angle) - 0.5)
-    fill = object_colour(rng, colour) * shading[..., None] + rng.normal(0, 4, size=image.shape)
+    base = object_colour(rng, colour)
+    fill = np.where(pattern_mask(rng, pattern, size)[..., None], 0.45 * base + 0.55 * 245, base)
+    fill = fill * shading[..., None] + rng.normal(0, 4, size=image.shape)
     image[mask] = fill[mask]
 
 
@@ -129,7 +150,7 @@ CAPTION_TEMPLATES = ("a photo of {}", "{} in the scene", "there is {}", "a pictu
 
 
 def caption_for(rng: np.random.Generator, classes: list[int]) -> str:
-    """Name every object in words, e.g. 'a photo of a red circle and a blue cross'; single objects use CLIP's
+    """Name every object in words, e.g. 'a photo of a red striped and a blue dotted'; single objects use CLIP's
     'a photo of a {}' most of the time, the template the class queries use."""
     names = [f"a {WORLD_CLASSES[c]}" for c in classes]
     order = rng.permutation(len(names))
@@ -166,7 +187,8 @@ def render_scene(
     areas: list[int] = []
     painted: list[int] = []
     for c in classes:
-        colour, shape = class_words(c)
+        colour, pattern = class_words(c)
+        shape = SHAPES[rng.integers(len(SHAPES))]
         for _ in range(20):
             d = rng.uniform(*diameter) * size
             cx, cy = rng.uniform(d * 0.4, size - d * 0.4, size=2)
@@ -175,7 +197,7 @@ def render_scene(
                 break
         else:
             continue  # no room left for this object
-        paint_object(rng, image, mask, colour)
+        paint_object(rng, image, mask, colour, pattern)
         label[mask] = c + 1
         owners[mask] = len(painted)
         areas.append(int(mask.sum()))
