@@ -55,6 +55,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_objects(value: object) -> list[object]:
+    """The picklable `value` of every process, in rank order ([value] in a single process)."""
+    if not is_distributed():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
