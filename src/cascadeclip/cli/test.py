@@ -19,15 +19,11 @@ import torch
 from ..checkpoints import atomic_write
 from ..config import Config, to_dict
 from ..data.datasets import read_image
-from ..data.eval_dataset import eval_dataset, eval_loader
 from ..distributed import DistInfo, cleanup, init_distributed
-from ..errors import UserError
-from ..evaluation import evaluate, results_table
+from ..evaluation import class_text, evaluate, results_table
 from ..evaluation.report import prediction_picture
-from ..factory import load_checkpoint, load_text_encoder
-from ..modeling.cascade_clip import CascadeCLIP
+from ..factory import load_checkpoint
 from ..presets import resolve_config
-from ..text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
 
 HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIoU(unseen), hIoU"
 
@@ -51,30 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and the exit status is 1")  # fmt: skip
 
 
-def class_text(cfg: Config, model: CascadeCLIP, clip_weights: Path | None) -> tuple[torch.Tensor, str]:
-    """(C, D) class embeddings and where they came from: the configured .npy when found, else a CLIP text tower
-    (--clip-weights, else the checkpoint's own)."""
-    classes = cfg.classes
-    embedding_file = find_embedding_file(classes.text_embeddings) if classes.text_embeddings else None
-    if embedding_file is not None:
-        source = str(embedding_file)
-        text_encoder = None
-    elif clip_weights is not None:
-        source, text_encoder = f"the text tower of {clip_weights}", load_text_encoder(clip_weights)
-    else:
-        source, text_encoder = "the checkpoint's text tower", model.text_encoder
-    try:
-        text = class_embeddings(classes.names, classes.templates, str(embedding_file or ""), text_encoder)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if text.shape[1] != model.cfg.head.dim:
-        raise UserError(f"class embeddings from {source} are {text.shape[1]}-d but the model expects "
-                        f"{model.cfg.head.dim}-d; use the embeddings of the model's CLIP")  # fmt: skip
-    if embedding_file is None and classes.text_embeddings:
-        source += f" ({classes.text_embeddings} not found as a path or in ${EMBEDDINGS_DIR_ENV})"
-    return text, source
-
-
 def _picture_writer(show_dir: Path, cfg: Config):
     def write(item: dict[str, Any], prediction: torch.Tensor) -> None:
         image = read_image(Path(item["image_path"]))
@@ -86,12 +58,9 @@ def _picture_writer(show_dir: Path, cfg: Config):
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str, Any]:
-    root = args.data_root or cfg.data.root or None
-    dataset = eval_dataset(cfg.classes.dataset, root, args.split, cfg.test.short_side, info.rank, info.world_size)
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
     text, text_source = class_text(cfg, model, args.clip_weights)
-    if model.text_encoder is not None:
-        model.text_encoder = None  # not needed any more; frees its memory
+    model.text_encoder = None  # not needed any more; frees its memory
     model.to(info.device)
     if info.is_main:
         print(report.summary())
@@ -99,14 +68,14 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
         if stored_classes is not None and (stored_classes.names, stored_classes.setting) != (cfg.classes.names, cfg.classes.setting):
             print(f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
                   f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}")  # fmt: skip
-        print(f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}: {len(dataset) * info.world_size} images"
-              f"{f' over {info.world_size} processes' if info.world_size > 1 else ''}, {cfg.test.mode} inference")  # fmt: skip
-    workers = cfg.data.num_workers if args.workers is None else args.workers
-    return evaluate(
-        model, eval_loader(dataset, workers, pin_memory=info.device.type == "cuda"), text, cfg.classes, cfg.test,
-        device=info.device, skip_bad=args.skip_bad, progress=info.is_main,
+        print(f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}, {cfg.test.mode} inference"
+              f"{f' over {info.world_size} processes' if info.world_size > 1 else ''}")  # fmt: skip
+    results = evaluate(
+        model, cfg, text, data_root=args.data_root, split=args.split, workers=args.workers, device=info.device,
+        skip_bad=args.skip_bad, progress=info.is_main,
         on_prediction=_picture_writer(args.show_dir, cfg) if args.show_dir else None,
-    ) | {"embeddings": text_source}  # fmt: skip
+    )  # fmt: skip
+    return results | {"embeddings": text_source}
 
 
 def run(args: argparse.Namespace) -> int:

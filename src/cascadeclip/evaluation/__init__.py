@@ -1,7 +1,8 @@
-"""Zero-shot evaluation: `evaluate` (the loop), `IoUAccumulator` (the metric), `results_table` (the printout)."""
+"""Zero-shot evaluation: `evaluate` (a split, as `cascade-clip test` and the trainer run it), `IoUAccumulator` (the
+metric), `results_table` (the printout)."""
 
-from .evaluate import evaluate
+from .evaluate import class_text, evaluate, evaluate_samples
 from .metric import IoUAccumulator
 from .report import results_table
 
-__all__ = ["evaluate", "IoUAccumulator", "results_table"]
+__all__ = ["class_text", "evaluate", "evaluate_samples", "IoUAccumulator", "results_table"]
