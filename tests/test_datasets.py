@@ -110,6 +110,7 @@ def _break(path, how):
         ("image", "truncated", "cannot be read"),
         ("label", "missing", "not found"),
         ("label", "garbage", "cannot be read"),
+        ("label", "truncated", "cannot be read"),
         ("label", "out_of_range", r"holds values \[21, 40\] outside 0..20"),
         ("label", "rgb", "single-channel"),
         ("label", "wrong_size", "is 10x10 but its image is 30x20"),

@@ -20,7 +20,7 @@ from ..checkpoints import atomic_write
 from ..config import Config, to_dict
 from ..data.datasets import read_image
 from ..distributed import DistInfo, cleanup, init_distributed
-from ..evaluation import class_text, evaluate, results_table
+from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..factory import load_checkpoint
 from ..presets import resolve_config
@@ -58,6 +58,7 @@ def _picture_writer(show_dir: Path, cfg: Config):
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str, Any]:
+    dataset = evaluation_share(cfg, args.data_root, args.split)  # a missing root or split file fails before the load
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
     text, text_source = class_text(cfg, model, args.clip_weights)
     model.text_encoder = None  # not needed any more; frees its memory
@@ -68,10 +69,11 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
         if stored_classes is not None and (stored_classes.names, stored_classes.setting) != (cfg.classes.names, cfg.classes.setting):
             print(f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
                   f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}")  # fmt: skip
-        print(f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}, {cfg.test.mode} inference"
-              f"{f' over {info.world_size} processes' if info.world_size > 1 else ''}")  # fmt: skip
+        share = f" over {info.world_size} processes" if info.world_size > 1 else ""
+        print(f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}{share}: {len(dataset)} images"
+              f"{' in process 0' if share else ''}, {cfg.test.mode} inference")  # fmt: skip
     results = evaluate(
-        model, cfg, text, data_root=args.data_root, split=args.split, workers=args.workers, device=info.device,
+        model, cfg, text, dataset=dataset, workers=args.workers, device=info.device,
         skip_bad=args.skip_bad, progress=info.is_main,
         on_prediction=_picture_writer(args.show_dir, cfg) if args.show_dir else None,
     )  # fmt: skip

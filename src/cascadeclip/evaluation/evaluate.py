@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import ClassesConfig, Config, TestConfig
-from ..data.eval_dataset import eval_dataset, eval_loader
+from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
 from ..distributed import all_gather_objects, rank_and_world_size
 from ..errors import UserError
 from ..factory import load_text_encoder
@@ -32,6 +32,7 @@ def evaluate(
     text: torch.Tensor | None = None,
     data_root: str | Path | None = None,
     split: str = "val",
+    dataset: EvalDataset | None = None,
     workers: int | None = None,
     device: torch.device | str | None = None,
     skip_bad: bool = False,
@@ -50,6 +51,8 @@ def evaluate(
         text: (C, D) embeddings of all `cfg.classes.names` in order (not only the seen classes trained on); None:
             from `cfg.classes.text_embeddings` or the model's text tower (see `class_text`).
         data_root: dataset root; None: `cfg.data.root`, else $CASCADECLIP_DATA_ROOT, else ./datasets.
+        dataset: this process's samples when already built with `evaluation_share` (which checks the root and
+            split file, e.g. before a long model load); None: built here from `data_root` and `split`.
         workers: data-loading processes; None: `cfg.data.num_workers`.
         device: where to run; None: the model's device.
         skip_bad: count and list unusable samples instead of raising UserError at the first.
@@ -64,15 +67,22 @@ def evaluate(
         "mIoU", "aAcc", "images", "per_class" [{"index", "name", "split", "IoU", "Acc", "pixels"}], plus "skipped"
         [{"name", "error"}] for the samples left out with `skip_bad`.
     """
-    rank, world_size = rank_and_world_size()
-    root = data_root or cfg.data.root or None
-    dataset = eval_dataset(cfg.classes.dataset, root, split, cfg.test.short_side, rank, world_size)
+    if dataset is None:
+        dataset = evaluation_share(cfg, data_root, split)
     if text is None:
         text, _ = class_text(cfg, model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     workers = cfg.data.num_workers if workers is None else workers
     loader = eval_loader(dataset, workers, pin_memory=device.type == "cuda")
     return evaluate_samples(model, loader, text, cfg.classes, cfg.test, device, skip_bad, progress, on_prediction)
+
+
+def evaluation_share(cfg: Config, data_root: str | Path | None = None, split: str = "val") -> EvalDataset:
+    """This process's share of the `cfg.classes.dataset` split (every world_size-th image; all of it in a single
+    process); `data_root` None: `cfg.data.root`, else $CASCADECLIP_DATA_ROOT, else ./datasets."""
+    rank, world_size = rank_and_world_size()
+    root = data_root or cfg.data.root or None
+    return eval_dataset(cfg.classes.dataset, root, split, cfg.test.short_side, rank, world_size)
 
 
 def class_text(cfg: Config, model: CascadeCLIP, clip_weights: str | Path | None = None) -> tuple[torch.Tensor, str]:
