@@ -236,11 +236,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The authors' recipe (spec §2.2-2.4): AdamW at 2e-4 for every trainable parameter, poly decay after warm-up."""
+    """The authors' recipe (spec §2.2-2.5): AdamW at 2e-4 for every trainable parameter, poly decay after warm-up."""
 
     iters: int = 20000
-    batch_size: int = 16  # global batch = per-device batch x processes x accumulation steps
-    crop_size: int = 512
+    batch_size: int = 16  # global batch = per-device batch x processes x accumulation_steps
+    accumulation_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler)
     lr: float = 2e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -248,11 +249,23 @@ class TrainConfig:
     warmup_ratio: float = 1e-6
     poly_power: float = 0.9
     min_lr: float = 1e-6
-    # "clip": start from the OpenAI CLIP file `clip_weights`; otherwise the path of a Cascade-CLIP checkpoint whose
-    # weights (only) are loaded, as the transductive runs start from the inductive run at half its schedule.
+    # Data pipeline (spec §2.5): rescale of `scale` by a ratio in `ratio_range`, crop, flip, photometric distortion.
+    scale: tuple[int, int] = (2048, 512)  # (long side, short side) box before the random ratio
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: int = 512
+    cat_max_ratio: float = 0.75  # crops where one class covers this share of labelled pixels are redrawn
+    # "clip": start from the OpenAI CLIP file `clip_weights`; "random": random weights (smoke tests only);
+    # otherwise the path of a Cascade-CLIP checkpoint whose weights (only) are loaded, as the transductive runs
+    # start from the inductive run at half its schedule.
     init: str = "clip"
     clip_weights: str = "ViT-B-16.pt"
     seed: int = 0
+    checkpoint_interval: int = 0  # 0: every iters / 10, as the reference
+    keep_checkpoints: int = 3
+    # Weights also kept at these iterations: an inductive preset keeps its midpoint, where transductive runs start.
+    keep_iterations: tuple[int, ...] = ()
+    log_interval: int = 10
+    eval_interval: int = 0  # 0: no evaluation during training (the reference evaluates only at the end)
 
 
 @dataclass

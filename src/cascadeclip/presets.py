@@ -57,9 +57,8 @@ def _preset(name: str, dataset: str, setting: str, prompt_tokens: int | None = N
 def _training_presets() -> dict[str, Config]:
     presets = {}
     for dataset, iters in _INDUCTIVE_ITERS.items():
-        presets[f"{dataset}-inductive"] = _preset(
-            f"{dataset}-inductive", dataset, "inductive", train=TrainConfig(iters=iters, batch_size=16)
-        )
+        inductive = TrainConfig(iters=iters, batch_size=16, keep_iterations=(iters // 2,))
+        presets[f"{dataset}-inductive"] = _preset(f"{dataset}-inductive", dataset, "inductive", train=inductive)
         # Self-training starts from the inductive run's checkpoint at half its schedule, with a fresh schedule.
         presets[f"{dataset}-transductive"] = _preset(
             f"{dataset}-transductive",
@@ -68,7 +67,7 @@ def _training_presets() -> dict[str, Config]:
             train=TrainConfig(
                 iters=iters // 2,
                 batch_size=32 if dataset == "voc" else 16,
-                init=f"{dataset}-inductive/iter_{iters // 2}",
+                init=f"runs/{dataset}-inductive/iter_{iters // 2}",
             ),
         )
     return presets

@@ -13,7 +13,7 @@ import sys
 from ..errors import UserError
 
 # command name -> module in cascadeclip.cli
-SUBCOMMANDS = {"demo": "demo", "convert": "convert", "test": "test", "check-data": "check_data"}
+SUBCOMMANDS = {"demo": "demo", "convert": "convert", "train": "train", "test": "test", "check-data": "check_data"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,21 +60,30 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, normaliser: torch.Ten
 
 
 def cascade_loss(
-    logits: torch.Tensor, labels: torch.Tensor, focal_weight: float = 100.0, dice_weight: float = 1.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    normaliser: torch.Tensor | None = None,
+    focal_weight: float = 100.0,
+    dice_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Weighted focal and dice terms.
 
     Args:
         logits: (B, C, H, W) mask logits of the C query classes.
         labels: (B, H, W) int64 in [0, C) or 255 (ignore), already in the query class space.
+        normaliser: divides both terms; None: the reference's N_m for this batch (see `mask_normaliser`). The
+            training loop passes 1 under gradient accumulation and applies the whole step's N_m afterwards.
     Returns:
-        {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}; their sum is the training loss.
+        {"loss_focal", "loss_dice"} (their sum is the training loss) and "num_pairs", this batch's count of
+        (image, present class) pairs.
     """
-    batch, num_classes = logits.shape[:2]
+    num_classes = logits.shape[1]
     logits = logits.float().flatten(2)
     targets = one_hot_targets(labels, num_classes).flatten(2)
     present = present_classes(labels, num_classes)
-    normaliser = mask_normaliser(int(present.sum()), logits.device)
+    num_pairs = present.sum()
+    if normaliser is None:
+        normaliser = mask_normaliser(int(num_pairs), logits.device)
     focal = sigmoid_focal_loss(logits.flatten(0, 1), targets.flatten(0, 1), normaliser)
     dice = dice_loss(logits[present], targets[present], normaliser)
-    return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice}
+    return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice, "num_pairs": num_pairs}

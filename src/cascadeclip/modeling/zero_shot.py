@@ -49,6 +49,7 @@ def training_losses(
     seen: list[int] | tuple[int, ...],
     unseen: list[int] | tuple[int, ...],
     setting: str,
+    normaliser: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch in the given zero-shot setting.
 
@@ -56,6 +57,7 @@ def training_losses(
         model: the segmentor (or its DDP wrapper): (images, text) -> (B, C, H, W) logits.
         images: (B, 3, H, W); labels: (B, H, W) in the full class space, 255 = ignore.
         text: (C_all, D) embeddings of all classes in dataset order.
+        normaliser: passed to `cascade_loss` (None: the reference's per-batch normaliser).
     Returns:
         cascade_loss's terms, plus "logits" of the query classes and "targets" used (for logging and checks).
     """
@@ -68,4 +70,4 @@ def training_losses(
         targets = transductive_targets(labels, logits, torch.as_tensor(unseen, dtype=torch.long))
     else:
         raise ValueError(f"unknown setting {setting!r}; use 'inductive' or 'transductive'")
-    return {**cascade_loss(logits, targets), "logits": logits, "targets": targets}
+    return {**cascade_loss(logits, targets, normaliser), "logits": logits, "targets": targets}

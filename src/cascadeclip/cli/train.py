@@ -1,0 +1,34 @@
+"""`cascade-clip train`: the authors' training recipe, on one process or many (torchrun), resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..distributed import cleanup
+from ..engine.trainer import train
+from ..presets import resolve_config
+
+HELP = "train Cascade-CLIP (inductive or transductive) from a preset or a YAML config; resumable, torchrun-ready"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a preset name (e.g. voc-inductive) or a YAML file")
+    parser.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.iters=1000")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="delete the run already in --run-dir and start over")
+    parser.add_argument("--data-root", help="dataset root (default: $CASCADECLIP_DATA_ROOT, else ./datasets)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    cfg = resolve_config(args.config, overrides)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    try:
+        result = train(cfg, run_dir, resume=args.resume, force=args.force, device=args.device)
+    finally:
+        cleanup()
+    print(f"finished {result.iteration} iterations; last loss {result.last_loss:.4f}; weights: {result.checkpoint}")
+    return 0

@@ -1,0 +1,197 @@
+"""Training: the loop, its schedule, resume, and equivalence across processes and gradient accumulation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cascadeclip.config import ClassesConfig, Config, DataConfig, TrainConfig, save_yaml
+from cascadeclip.data.datasets import get_layout, list_samples
+from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
+from cascadeclip.engine.schedule import learning_rate
+from cascadeclip.engine.trainer import train
+from cascadeclip.errors import UserError
+from cascadeclip.factory import load_checkpoint
+from cascadeclip.modeling.zero_shot import transductive_targets
+from cascadeclip.presets import get_preset
+from conftest import tiny_model_config
+from tiny_datasets import make_voc_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path: Path, setting: str = "inductive", dropout: bool = True, **train) -> Config:
+    """The VOC class set on a generated VOC-layout dataset, a tiny random model, a short schedule."""
+    data_root = tmp_path / "data"
+    if not data_root.exists():
+        make_voc_scenes(data_root)
+    embeddings = tmp_path / "text.npy"
+    if not embeddings.exists():
+        rng = np.random.default_rng(0)
+        e = rng.standard_normal((20, 32)).astype(np.float32)
+        np.save(embeddings, (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16))
+    model = tiny_model_config()
+    if not dropout:
+        model.image_encoder.prompt_dropout = 0.0
+        model.head.dropout = 0.0
+    voc = get_preset("voc-inductive").classes
+    defaults = dict(iters=20, batch_size=4, crop_size=64, scale=(128, 64), warmup_iters=4, lr=1e-3, init="random",
+                    checkpoint_interval=5, log_interval=1)  # fmt: skip
+    return Config(
+        name="tiny",
+        model=model,
+        classes=dataclasses.replace(voc, setting=setting, text_embeddings=str(embeddings)),
+        data=DataConfig(root=str(data_root), num_workers=0),
+        train=TrainConfig(**{**defaults, **train}),
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_schedule_matches_the_reference_formula():
+    cfg = TrainConfig(iters=20000)
+    for t in (0, 1, 750, 1499, 1500, 10000, 19999):
+        poly = (2e-4 - 1e-6) * (1 - t / 20000) ** 0.9 + 1e-6
+        expected = poly * (1 - (1 - t / 1500) * (1 - 1e-6)) if t < 1500 else poly
+        assert learning_rate(t, cfg) == pytest.approx(expected, rel=1e-12)
+    assert learning_rate(0, cfg) == pytest.approx(2e-4 * 1e-6, rel=1e-3)  # warm-up starts at ratio x lr
+    assert learning_rate(1500, cfg) == pytest.approx((2e-4 - 1e-6) * 0.925**0.9 + 1e-6)
+
+
+def test_stream_is_independent_of_workers_and_processes(tmp_path):
+    cfg = tiny_config(tmp_path)
+    layout = get_layout("voc")
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), layout, cfg.train)
+    assert len(stream) == 12  # train.txt (8) + aug.txt (4)
+    image, label = stream[5]
+    assert image.shape == (3, 64, 64) and label.shape == (64, 64) and label.dtype == torch.int64
+    again, label_again = stream[5]
+    assert torch.equal(image, again) and torch.equal(label, label_again)
+    assert set(label.unique().tolist()) <= set(range(20)) | {255}
+    # Two processes x 2 accumulation steps cover exactly the positions of one process with the global batch.
+    one = list(StreamSampler(3, 5, 8, 1, 0, 1))
+    split = [list(StreamSampler(3, 5, 8, 2, r, 2)) for r in range(2)]
+    assert sorted(split[0] + split[1]) == one == list(range(24, 40))
+
+
+def test_short_inductive_run_learns_and_writes_its_outputs(tmp_path):
+    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,))
+    result = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    # The newest checkpoint stays whole; of the others only the weights at keep_iterations stay.
+    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_20.safetensors", "iter_40.safetensors",
+                                                         "iter_40.state.pt"]  # fmt: skip
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    first = np.mean([r["loss"] for r in log[:5]])
+    last = np.mean([r["loss"] for r in log[-5:]])
+    assert last < 0.6 * first, (first, last)
+    assert result.checkpoint == run / "iter_40.safetensors" and result.checkpoint.is_file()
+    assert (run / "iter_40.state.pt").is_file() and (run / "curves.png").stat().st_size > 1000
+    assert (run / "config.yaml").is_file() and json.loads((run / "status.json").read_text())["finished"]
+    model, classes, _ = load_checkpoint(result.checkpoint)
+    assert classes.names == cfg.classes.names and model.cfg == cfg.model
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    cfg = tiny_config(tmp_path, iters=2, checkpoint_interval=2)
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="already holds a finished run"):
+        train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", force=True, progress=False)
+
+
+def test_transductive_pseudo_labels_only_on_unseen_pixels(tmp_path):
+    inductive = tiny_config(tmp_path, iters=10)
+    first = train(inductive, tmp_path / "inductive", progress=False)
+    cfg = tiny_config(tmp_path, setting="transductive", iters=4, init=str(first.checkpoint.with_suffix("")))
+    result = train(cfg, tmp_path / "transductive", progress=False)
+    assert result.checkpoint.is_file()
+
+    # Direct check of the targets: unseen ground truth -> an unseen class; seen and ignored pixels unchanged.
+    model, _, _ = load_checkpoint(result.checkpoint)
+    text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), get_layout("voc"), cfg.train)
+    images, labels = map(torch.stack, zip(*[stream[i] for i in range(6)]))
+    unseen = torch.tensor(cfg.classes.unseen)
+    with torch.no_grad():
+        targets = transductive_targets(labels, model(images, text), unseen)
+    is_unseen = torch.isin(labels, unseen)
+    assert is_unseen.any() and (~is_unseen).any()
+    assert torch.isin(targets[is_unseen], unseen).all()
+    assert torch.equal(targets[~is_unseen], labels[~is_unseen])
+
+
+def _run_cli(args: list[str], env_extra: dict | None = None, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "cascadeclip", *args], env=env, **popen)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    cfg = tiny_config(tmp_path, iters=12, checkpoint_interval=3)
+    save_yaml(cfg, tmp_path / "tiny.yaml")
+    straight = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "straight")])
+    assert straight.wait(timeout=300) == 0
+
+    victim = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed")])
+    state = tmp_path / "killed" / "iter_6.state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)  # at an arbitrary point after the second checkpoint
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=300) == 0
+    a, b = weights(tmp_path / "straight" / "iter_12.safetensors"), weights(tmp_path / "killed" / "iter_12.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# The key bias of a decoder layer whose attention goes through a softmax adds the same value to every key's logit:
+# its true gradient is zero, what it gets is rounding noise, and AdamW turns any noise into steps of size lr.
+NOISE_ONLY = re.compile(r"layers\.[01]\.multihead_attn\.k\.bias$")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    compared = [key for key in a if not NOISE_ONLY.search(key)]
+    assert len(a) - len(compared) == 6  # 3 stages x 2 softmax layers
+    for key in compared:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    # Dropout off: with it, the two runs would draw different masks. The loss normaliser is the whole step's, so
+    # the only difference is the order of floating-point sums: 1e-5 relative on weights after 3 AdamW steps.
+    big = train(tiny_config(tmp_path, dropout=False, iters=3, batch_size=4), tmp_path / "big", progress=False)
+    small = train(tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, accumulation_steps=2), tmp_path / "acc",
+                  progress=False)  # fmt: skip
+    assert_same_weights(weights(big.checkpoint), weights(small.checkpoint))
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    # Same tolerance and reason as gradient accumulation; gloo's all-reduce changes the summation order only.
+    cfg = tiny_config(tmp_path, dropout=False, iters=3, batch_size=4)
+    save_yaml(cfg, tmp_path / "tiny.yaml")
+    single = train(cfg, tmp_path / "single", progress=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cascadeclip",
+               "train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "ddp"), "--device", "cpu"]  # fmt: skip
+    subprocess.run(command, env=env, check=True, timeout=600, capture_output=True)
+    assert_same_weights(weights(single.checkpoint), weights(tmp_path / "ddp" / "iter_3.safetensors"))
