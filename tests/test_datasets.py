@@ -163,6 +163,7 @@ def test_check_data_counts_a_good_root(tmp_path, capsys):
     assert re.search(r"train +3 listed +3 images +3 labels +ok", out)  # VOC: train.txt + aug.txt
     assert re.search(r"val +1 listed +1 images +1 labels +ok", out)  # VOC
     assert re.search(r"val +2 listed +2 images +2 labels +ok", out)  # COCO
+    assert "note: the standard val split has 1449 images" in out and "has 5000 images" in out  # tiny splits
 
 
 def test_check_data_lists_every_problem(tmp_path, capsys):

@@ -13,6 +13,11 @@ from ..errors import UserError
 
 HELP = "check a dataset root: images and labels per split, missing files, unreadable labels, values out of range"
 SHOWN = 10  # problems listed per kind; the rest are counted
+# Images in the standard splits (spec §3.1-3.3); another count is not an error (e.g. a subset on purpose) but is
+# pointed out, since the published numbers are over the full splits. VOC train is left out: train.txt + aug.txt
+# lists depend on the converter's version (aug.txt may or may not repeat train.txt).
+STANDARD_SIZES = {("voc", "val"): 1449, ("context", "train"): 4996, ("context", "val"): 5104,
+                  ("coco", "train"): 118287, ("coco", "val"): 5000}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +44,9 @@ def format_report(report: SplitReport) -> str:
         return f"  {report.split:<6} PROBLEM: {report.error}"
     status = "ok" if report.ok else "PROBLEMS"
     lines = [f"  {report.split:<6} {report.listed:>7} listed {report.images:>7} images {report.labels:>7} labels  {status}"]
+    standard = STANDARD_SIZES.get((report.dataset, report.split))
+    if standard is not None and report.listed != standard:
+        lines.append(f"    note: the standard {report.split} split has {standard} images (published numbers are over it)")
     lines += _listing("listed names without an image", report.missing_images)
     lines += _listing("listed names without a label", report.missing_labels)
     lines += _listing("label files without an image", report.unmatched_labels)
