@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cascadeclip.config import ClassesConfig, Config, DataConfig, TrainConfig, save_yaml
+from cascadeclip.config import Config, DataConfig, TestConfig, TrainConfig, save_yaml
 from cascadeclip.data.datasets import get_layout, list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
 from cascadeclip.engine.schedule import learning_rate
@@ -27,7 +27,7 @@ from cascadeclip.factory import load_checkpoint
 from cascadeclip.modeling.zero_shot import transductive_targets
 from cascadeclip.presets import get_preset
 from conftest import tiny_model_config
-from tiny_datasets import make_voc
+from tiny_datasets import make_voc_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def tiny_config(tmp_path: Path, setting: str = "inductive", dropout: bool = True
     """The VOC class set on a generated VOC-layout dataset, a tiny random model, a short schedule."""
     data_root = tmp_path / "data"
     if not data_root.exists():
-        make_voc(data_root)
+        make_voc_scenes(data_root)
     embeddings = tmp_path / "text.npy"
     if not embeddings.exists():
         rng = np.random.default_rng(0)
@@ -55,6 +55,7 @@ def tiny_config(tmp_path: Path, setting: str = "inductive", dropout: bool = True
         classes=dataclasses.replace(voc, setting=setting, text_embeddings=str(embeddings)),
         data=DataConfig(root=str(data_root), num_workers=0),
         train=TrainConfig(**{**defaults, **train}),
+        test=TestConfig(short_side=64, crop_size=64, stride=48),
     )
 
 
@@ -89,15 +90,22 @@ def test_stream_is_independent_of_workers_and_processes(tmp_path):
 
 
 def test_short_inductive_run_learns_and_writes_its_outputs(tmp_path):
-    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,))
+    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,),
+                      eval_interval=20)  # fmt: skip
     result = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     # The newest checkpoint stays whole; of the others only the weights at keep_iterations stay.
     assert sorted(p.name for p in run.glob("iter_*")) == ["iter_20.safetensors", "iter_40.safetensors",
                                                          "iter_40.state.pt"]  # fmt: skip
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    evaluations = [r for r in log if "eval" in r]
+    log = [r for r in log if "loss" in r]
     first = np.mean([r["loss"] for r in log[:5]])
     last = np.mean([r["loss"] for r in log[-5:]])
+    # The periodic evaluation ran the test protocol on the 4 validation images; only the headline numbers are logged.
+    assert [r["iter"] for r in evaluations] == [20, 40]
+    assert all(set(r["eval"]) == {"mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "aAcc"} for r in evaluations)
+    assert 0.0 < evaluations[-1]["eval"]["aAcc"] <= 100.0
     assert last < 0.6 * first, (first, last)
     assert result.checkpoint == run / "iter_40.safetensors" and result.checkpoint.is_file()
     assert (run / "iter_40.state.pt").is_file() and (run / "curves.png").stat().st_size > 1000

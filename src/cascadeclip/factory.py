@@ -12,15 +12,17 @@ import torch
 from .checkpoints import (
     CheckpointError,
     LoadReport,
-    load_state,
+    clip_to_cascade_state,
     load_clip_weights,
+    load_state,
     read_authors_checkpoint,
     read_model_file,
     read_openai_clip,
     text_config_from_clip,
 )
-from .config import ClassesConfig, HeadConfig, ImageEncoderConfig, ModelConfig
+from .config import ClassesConfig, ModelConfig
 from .modeling.cascade_clip import CascadeCLIP
+from .modeling.text_encoder import TextEncoder
 
 
 def model_config_from_authors_state(
@@ -123,3 +125,19 @@ def create_model(cfg: ModelConfig, clip_weights: str | Path | None = None) -> tu
     warnings.warn("no CLIP weights given: the model has random weights and its predictions are meaningless",
                   stacklevel=2)  # fmt: skip
     return CascadeCLIP(cfg), None
+
+
+def load_text_encoder(clip_weights: str | Path) -> TextEncoder:
+    """The CLIP text tower alone, from OpenAI CLIP weights: embeds class names for a model saved without one."""
+    clip_state = read_openai_clip(clip_weights)
+    cfg = ModelConfig(text_encoder=text_config_from_clip(clip_state))
+    text_only = {k: v for k, v in clip_state.items() if not k.startswith("visual.")}
+    state = {k.removeprefix("text_encoder."): v for k, v in clip_to_cascade_state(text_only, cfg).items()}
+    encoder = TextEncoder(cfg.text_encoder)
+    result = encoder.load_state_dict(state, strict=False)  # sizes come from the file, so only names can differ
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{clip_weights}: not a complete CLIP text tower (missing {result.missing_keys[:4]}, "
+            f"unexpected {result.unexpected_keys[:4]}); give OpenAI's ViT-B-16.pt"
+        )
+    return encoder.eval()

@@ -13,7 +13,14 @@ import sys
 from ..errors import UserError
 
 # command name -> module in cascadeclip.cli
-SUBCOMMANDS = {"demo": "demo", "segment": "segment", "train": "train", "convert": "convert"}
+SUBCOMMANDS = {
+    "demo": "demo",
+    "segment": "segment",
+    "train": "train",
+    "test": "test",
+    "check-data": "check_data",
+    "convert": "convert",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; `section.field=value` overrides may also follow the options of a command that takes them.
+
+    (argparse alone stops filling a positional list once an option has come between its items.)
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     try:
         return args.run(args)
     except UserError as err:

@@ -153,15 +153,36 @@ def list_samples(dataset: str, root: str | Path | None, split: str) -> list[Samp
     return samples
 
 
+_HINTS = {
+    # kind: (what to do when the file is missing, what to do when it is unreadable)
+    "image": ("it is listed in the split but missing on disk", "re-extract or re-download it"),
+    "label": ("every listed image needs its label file", "re-create it with the dataset's converter"),
+}
+
+
+def _file_error(kind: str, path: Path, err: Exception) -> UserError:
+    missing, broken = _HINTS[kind]
+    if isinstance(err, FileNotFoundError):
+        return UserError(f"{kind} {path} not found; {missing}")
+    return UserError(f"{kind} {path} cannot be read ({err}); {broken}")
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; raises UserError naming the file if it is missing, unreadable or truncated."""
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
-    except FileNotFoundError:
-        raise UserError(f"image {path} not found; it is listed in the split but missing on disk") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"image {path} cannot be read ({err}); re-extract or re-download it") from None
+        raise _file_error("image", path, err) from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header alone (cheap; a truncated body goes unnoticed); UserError as in `read_image`."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _file_error("image", path, err) from None
 
 
 def read_label(path: Path, layout: Layout) -> np.ndarray:
@@ -172,24 +193,33 @@ def read_label(path: Path, layout: Layout) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            if image.mode not in ("L", "P", "I", "I;16"):
-                raise UserError(f"label {path} has image mode {image.mode}; labels must be single-channel class ids")
-            label = np.array(image)
-    except FileNotFoundError:
-        raise UserError(f"label {path} not found; every listed image needs its label file") from None
-    except UserError:
-        raise
+            mode = image.mode
+            label = np.array(image) if mode in ("L", "P", "I", "I;16") else None
     except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"label {path} cannot be read ({err}); re-create it with the dataset's converter") from None
+        raise _file_error("label", path, err) from None
+    if label is None:
+        raise UserError(f"label {path} has image mode {mode}; labels must be single-channel class ids")
     top = layout.num_classes + (1 if layout.reduce_zero_label else 0)  # VOC/Context: 0 = background, 1..C
-    bad = (label >= top) & (label != IGNORE_INDEX)
+    bad = ((label >= top) | (label < 0)) & (label != IGNORE_INDEX)
     if bad.any():
-        values = sorted(set(np.unique(label[bad]).tolist()))[:8]
+        values = np.unique(label[bad]).tolist()
+        shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
         raise UserError(
-            f"label {path} holds values {values} outside 0..{top - 1} (and 255 = ignore); was it converted with the "
+            f"label {path} holds values [{shown}] outside 0..{top - 1} (and 255 = ignore); was it converted with the "
             "right MMSegmentation script (e.g. *_labelTrainIds.png for COCO-Stuff)?"
         )
     label = label.astype(np.uint8)
     if layout.reduce_zero_label:
-        label = np.where(label == 0, IGNORE_INDEX, np.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1)).astype(np.uint8)
+        reduced = label - np.uint8(1)  # v -> v - 1, and 0 (background) wraps around to 255 = ignore
+        reduced[label == IGNORE_INDEX] = IGNORE_INDEX
+        label = reduced
     return label
+
+
+def check_sizes_match(image_size: tuple[int, int], label: np.ndarray, label_path: Path) -> None:
+    """Raise UserError when a label's (H, W) differs from its image's."""
+    if tuple(label.shape[:2]) != tuple(image_size):
+        raise UserError(
+            f"label {label_path} is {label.shape[1]}x{label.shape[0]} but its image is {image_size[1]}x{image_size[0]} "
+            "(width x height); the label must have the size of its image"
+        )

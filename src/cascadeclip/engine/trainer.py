@@ -26,6 +26,7 @@ from ..data.datasets import get_layout, list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream
 from ..distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from ..errors import UserError
+from ..evaluation import evaluate
 from ..factory import create_model, load_checkpoint
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.zero_shot import training_losses
@@ -36,6 +37,7 @@ from .schedule import learning_rate
 
 # evaluate_fn(model, iteration) -> metrics to log; called on every process, logged by the first.
 EvaluateFn = Callable[[CascadeCLIP, int], dict]
+HEADLINE_METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "aAcc")
 
 
 @dataclass
@@ -118,6 +120,9 @@ def train(
 ) -> TrainResult:
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`); works under torchrun.
 
+    Every `train.eval_interval` iterations (0: never) `evaluate_fn` runs, by default the test protocol on the
+    validation split of `data.root` (headline numbers logged).
+
     Returns the last checkpoint written, its iteration, and the last logged loss.
     """
     dist_info = init_distributed(device)
@@ -138,6 +143,10 @@ def train(
     classes = cfg.classes
     text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, model.text_encoder)
     text = text.to(dist_info.device)
+    if evaluate_fn is None:
+        def evaluate_fn(bare_model: CascadeCLIP, iteration: int) -> dict:
+            results = evaluate(bare_model, cfg, text)
+            return {key: results[key] for key in HEADLINE_METRICS}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=tcfg.precision == "fp16")
@@ -201,7 +210,7 @@ def train(
         if dist_info.is_main and (done % tcfg.log_interval == 0 or done == tcfg.iters or done == 1):
             run.append_log({"iter": done, "loss": last_loss, "loss_focal": focal, "loss_dice": dice, "lr": lr,
                             "time": round(time.time() - started, 3)})  # fmt: skip
-        if tcfg.eval_interval and evaluate_fn is not None and done % tcfg.eval_interval == 0:
+        if tcfg.eval_interval and done % tcfg.eval_interval == 0:
             metrics = evaluate_fn(model.eval(), done)
             model.train()
             if dist_info.is_main:

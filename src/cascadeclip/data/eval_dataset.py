@@ -1,0 +1,72 @@
+"""Evaluation samples for a DataLoader: the test-time image (spec §3.5) with its label at the original size.
+
+A sample that cannot be read is not an exception inside a worker process (PyTorch would wrap it in a traceback):
+it comes back as an item whose "error" says which file and what is wrong, and the evaluation loop decides to stop
+or to count it (`evaluation.evaluate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import UserError
+from ..transforms import test_image_tensor
+from .datasets import (
+    Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_label,
+)  # fmt: skip
+
+
+class EvalDataset(Dataset):
+    """(image, label, name) items of one split, in split order.
+
+    Each item is a dict:
+        image: (3, H', W') float tensor, short side resized to `short_side`, ImageNet-normalised;
+        label: (H, W) uint8 tensor at the original size, class indices or 255 = ignore (after reduce_zero_label);
+        name: the sample's id; image_path: str;
+        error: None, or a one-line message naming the file that could not be used (image and label are then None).
+    """
+
+    def __init__(self, samples: list[Sample], layout: Layout, short_side: int = 512):
+        self.samples = samples
+        self.layout = layout
+        self.short_side = short_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        item = {"name": sample.name, "image_path": str(sample.image), "image": None, "label": None, "error": None}
+        try:
+            image = read_image(sample.image)
+            label = read_label(sample.label, self.layout)
+            check_sizes_match(image.shape[:2], label, sample.label)
+        except UserError as err:
+            item["error"] = str(err)
+            return item
+        item["image"] = test_image_tensor(image, self.short_side)[0]
+        item["label"] = torch.from_numpy(label)
+        return item
+
+
+def eval_dataset(
+    dataset: str, root: str | Path | None, split: str = "val", short_side: int = 512, rank: int = 0, world_size: int = 1
+) -> EvalDataset:
+    """The evaluation samples of `dataset`/`split`; with several processes, this rank's share.
+
+    Ranks take every `world_size`-th image starting at `rank`, so each image is evaluated exactly once (no padding
+    with repeated images, unlike DistributedSampler) and the summed counts equal a single-process run's.
+    """
+    samples = list_samples(dataset, root, split)
+    if not samples:
+        raise UserError(f"the {dataset} {split} split under {data_root(root)} has no images; check the folder")
+    return EvalDataset(samples[rank::world_size], get_layout(dataset), short_side)
+
+
+def eval_loader(dataset: Dataset, workers: int = 4, pin_memory: bool = False) -> DataLoader:
+    """One sample per step (the protocol's test batch size is 1), read ahead by `workers` processes."""
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory)

@@ -1,0 +1,59 @@
+"""What a person reads after an evaluation: a per-class table, the headline numbers, pictures of predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..visualize import overlay, palette, present_legend, side_by_side
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Per-class IoU and accuracy (unseen classes marked), then mIoU(S), mIoU(U), hIoU, mIoU and aAcc."""
+    rows = results["per_class"]
+    width = max([len("class")] + [len(r["name"]) for r in rows])
+    lines = [f"{'class':<{width}}  {'split':<6}  {'IoU':>6}  {'Acc':>6}"]
+    lines += [f"{r['name']:<{width}}  {r['split']:<6}  {_number(r['IoU']):>6}  {_number(r['Acc']):>6}" for r in rows]
+    seen = sum(r["split"] == "seen" for r in rows)
+    unseen = len(rows) - seen
+    headline = [
+        (f"mIoU(seen, {seen} classes)", results["mIoU_seen"]),
+        (f"mIoU(unseen, {unseen} classes)", results["mIoU_unseen"]),
+        ("hIoU", results["hIoU"]),
+        ("mIoU(all classes)", results["mIoU"]),
+        ("aAcc", results["aAcc"]),
+    ]
+    lines.append("")
+    lines += [f"{title:<28}{_number(value):>8}" for title, value in headline]
+    lines.append(f"{'images':<28}{results['images']:>8}")
+    if results.get("skipped"):
+        lines.append(
+            f"WARNING: {len(results['skipped'])} images could not be used and are NOT in these numbers; "
+            "they are listed under 'skipped' in --out"
+        )
+    return "\n".join(lines)
+
+
+def prediction_picture(
+    image: np.ndarray, label: np.ndarray, prediction: np.ndarray, names: tuple[str, ...], unseen: tuple[int, ...]
+) -> Image.Image:
+    """Image, ground truth and prediction side by side, with a legend of the classes in either (unseen marked),
+    most frequent first.
+
+    `label` and `prediction` are (H, W) class maps of the image's size; ignored ground-truth pixels show the image.
+    """
+    colors = palette(len(names))
+    picture = Image.fromarray(image)
+    marked = [f"{name} (unseen)" if i in unseen else name for i, name in enumerate(names)]
+    both = np.concatenate([label.ravel(), prediction.ravel()])
+    return side_by_side(
+        [picture, overlay(picture, label, colors), overlay(picture, prediction, colors),
+         present_legend(both, marked, colors, picture.height)],
+        ["image", "ground truth", "prediction", "classes"],
+    )  # fmt: skip
