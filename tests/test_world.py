@@ -20,6 +20,15 @@ from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_ti
 from cascadeclip.world.scenes import class_words, render_scene, scene_rng
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The world's models are tiny: a second thread gains little, and on a busy machine it can stall every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_every_word_of_an_unseen_class_names_seen_classes():
     seen = [c for c in range(len(WORLD_CLASSES)) if c not in WORLD_UNSEEN]
     assert len(WORLD_CLASSES) == 20 and len(WORLD_UNSEEN) == 5

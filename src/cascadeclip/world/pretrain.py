@@ -160,5 +160,5 @@ def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progres
         save_openai_archive(clip, folder / ARCHIVE_NAME, cfg)
         (folder / "facts.json").write_text(json.dumps(facts))
 
-    folder = cached_folder("tiny-clip", {"version": 1, **dataclasses.asdict(cfg)}, build, cache)
+    folder = cached_folder("tiny-clip", {"version": 2, **dataclasses.asdict(cfg)}, build, cache)
     return folder / ARCHIVE_NAME, json.loads((folder / "facts.json").read_text())

@@ -17,11 +17,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..class_names import WORLD_CLASSES
 from ..config import Config
 from ..data.datasets import get_layout, list_samples, read_label
 from ..engine.trainer import train
-from ..evaluation import evaluate
+from ..evaluation import IoUAccumulator, evaluate
 from ..factory import load_checkpoint
 from ..presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
 from .cache import cached_folder
@@ -58,18 +57,18 @@ class WorldRecipe:
 
 @dataclass
 class ProtocolResult:
-    metrics: dict[str, dict]  # "<variant>-<setting>" -> evaluation metrics
+    metrics: dict[str, dict]  # "<variant>-<setting>" -> the evaluation's results (percentages)
+    predictions: dict[str, dict[str, np.ndarray]]  # "<variant>-<setting>" -> validation image name -> (H, W) classes
     chance: dict[str, dict]  # "uniform" / "majority" -> metrics of image-blind predictions
     clip_facts: dict  # the tiny CLIP's pretraining losses and zero-shot accuracies
     runs: dict[str, Path]  # "<variant>-<setting>" -> run folder
-    checkpoints: dict[str, Path]  # "<variant>-<setting>" -> final weights
     configs: dict[str, Config]
     data_root: Path
 
 
 def world_dataset(recipe: WorldRecipe, cache: Path | None = None) -> Path:
     """The dataset root of the recipe's world, written on first use."""
-    spec = {"version": 1, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
+    spec = {"version": 2, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
             "val": recipe.val_images}  # fmt: skip
 
     def build(folder: Path) -> None:
@@ -95,18 +94,20 @@ def chance_metrics(cfg: Config, seed: int) -> dict[str, dict]:
     """The metric for image-blind predictions on the validation split: a uniformly random class per pixel, and the
     class with the most training pixels everywhere. No model does worse than these without being wrong on purpose."""
     layout = get_layout(cfg.classes.dataset)
-    num_classes = len(cfg.classes.names)
+    names, unseen = cfg.classes.names, cfg.classes.unseen
     counts = np.zeros(256, dtype=np.int64)
     for sample in list_samples(cfg.classes.dataset, cfg.data.root, "train"):
         counts += np.bincount(read_label(sample.label, layout).ravel(), minlength=256)
-    majority = int(counts[:num_classes].argmax())
+    majority = int(counts[: len(names)].argmax())
     rng = np.random.default_rng(seed)
-    labels = [read_label(s.label, layout) for s in list_samples(cfg.classes.dataset, cfg.data.root, "val")]
-    uniform = [rng.integers(num_classes, size=label.shape) for label in labels]
-    everywhere = [np.full(label.shape, majority) for label in labels]
+    uniform, everywhere = IoUAccumulator(len(names)), IoUAccumulator(len(names))
+    for sample in list_samples(cfg.classes.dataset, cfg.data.root, "val"):
+        label = torch.from_numpy(read_label(sample.label, layout))
+        uniform.update(torch.from_numpy(rng.integers(len(names), size=tuple(label.shape))), label)
+        everywhere.update(torch.full_like(label, majority), label)
     return {
-        "uniform": score_predictions(uniform, labels, cfg),
-        "majority": {**score_predictions(everywhere, labels, cfg), "class": WORLD_CLASSES[majority]},
+        "uniform": uniform.results(names, unseen),
+        "majority": {**everywhere.results(names, unseen), "class": names[majority]},
     }
 
 
@@ -123,7 +124,7 @@ def run_protocol(
     announce("tiny CLIP (pretrained once, then cached)")
     clip_path, clip_facts = pretrained_tiny_clip(recipe.clip, cache, progress=progress)
     runs = out / "runs"
-    metrics, run_dirs, checkpoints, configs = {}, {}, {}, {}
+    metrics, predictions, run_dirs, configs = {}, {}, {}, {}
     for variant in VARIANTS:
         for setting in SETTINGS:
             name = f"{variant}-{setting}"
@@ -131,7 +132,9 @@ def run_protocol(
             announce(f"training {name}: {cfg.train.iters} iterations")
             result = train(cfg, runs / name, force=True, device="cpu", progress=progress)
             model, _, _ = load_checkpoint(result.checkpoint, base=cfg.model)
-            metrics[name] = evaluate(model, cfg, split="val", progress=progress)
-            run_dirs[name], checkpoints[name], configs[name] = runs / name, result.checkpoint, cfg
+            kept = predictions[name] = {}
+            metrics[name] = evaluate(model, cfg, progress=progress,
+                                     on_prediction=lambda item, pred: kept.update({item["name"]: pred.numpy()}))  # fmt: skip
+            run_dirs[name], configs[name] = runs / name, cfg
     chance = chance_metrics(configs["cascade-inductive"], recipe.seed)
-    return ProtocolResult(metrics, chance, clip_facts, run_dirs, checkpoints, configs, data_root)
+    return ProtocolResult(metrics, predictions, chance, clip_facts, run_dirs, configs, data_root)

@@ -23,39 +23,38 @@ from PIL import Image  # noqa: E402
 from ..checkpoints import atomic_write  # noqa: E402
 from ..data.datasets import get_layout, list_samples, read_image, read_label  # noqa: E402
 from ..engine.curves import read_log  # noqa: E402
-from ..factory import load_checkpoint  # noqa: E402
-from ..inference import predict_scores, seen_shift_vector  # noqa: E402
-from ..text_embeddings import class_embeddings  # noqa: E402
-from ..transforms import test_image_tensor  # noqa: E402
 from ..visualize import legend, overlay, palette, side_by_side  # noqa: E402
 from .protocol import ProtocolResult, WorldRecipe  # noqa: E402
 
 ZOOM = 4  # the world's 64-pixel scenes are drawn 4x larger
 
 
-def _percent(x: float) -> str:
-    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.1f}"
+HEADLINE = ("mIoU_seen", "mIoU_unseen", "hIoU")  # percentages, None where a mean has no class
+
+
+def percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
 
 
 def headline(result: ProtocolResult) -> dict:
-    """The numbers the report states, as plain data."""
-    chance_unseen = max(result.chance["uniform"]["miou_unseen"], result.chance["majority"]["miou_unseen"])
-    cascade_unseen = result.metrics["cascade-inductive"]["miou_unseen"]
+    """The numbers the report states, as plain data (percentages)."""
+    chance_unseen = max(result.chance["uniform"]["mIoU_unseen"] or 0.0, result.chance["majority"]["mIoU_unseen"] or 0.0)
+    cascade_unseen = result.metrics["cascade-inductive"]["mIoU_unseen"] or 0.0
     return {
-        "models": {k: {m: v[m] for m in ("miou_seen", "miou_unseen", "hiou")} for k, v in result.metrics.items()},
-        "chance": {k: {m: v[m] for m in ("miou_seen", "miou_unseen", "hiou")} for k, v in result.chance.items()},
+        "models": {k: {m: v[m] for m in HEADLINE} for k, v in result.metrics.items()},
+        "chance": {k: {m: v[m] for m in HEADLINE} for k, v in result.chance.items()},
         "chance_unseen": chance_unseen,
-        "cascade_inductive_unseen_over_chance": cascade_unseen / chance_unseen if chance_unseen > 0 else float("inf"),
-        "clip_zero_shot_accuracy_unseen": result.clip_facts["zero_shot_accuracy_unseen"],
-        "clip_zero_shot_accuracy_seen": result.clip_facts["zero_shot_accuracy_seen"],
+        "cascade_inductive_unseen_over_chance": cascade_unseen / chance_unseen if chance_unseen > 0 else None,
+        "clip_zero_shot_accuracy_unseen": 100 * result.clip_facts["zero_shot_accuracy_unseen"],
+        "clip_zero_shot_accuracy_seen": 100 * result.clip_facts["zero_shot_accuracy_seen"],
     }
 
 
 def comparison_sentence(result: ProtocolResult, setting: str) -> str:
     cascade, single = result.metrics[f"cascade-{setting}"], result.metrics[f"single-{setting}"]
     parts = []
-    for key, what in (("miou_unseen", "unseen mIoU"), ("hiou", "hIoU")):
-        a, b = 100 * cascade[key], 100 * single[key]
+    for key, what in (("mIoU_unseen", "unseen mIoU"), ("hIoU", "hIoU")):
+        a, b = cascade[key] or 0.0, single[key] or 0.0
         winner = "the cascade" if a > b else "the single decoder" if b > a else "neither"
         parts.append(f"{what}: {winner} ({a:.1f} vs {b:.1f})")
     return f"{setting.capitalize()}: " + "; ".join(parts) + "."
@@ -67,19 +66,18 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
     for name, m in result.metrics.items():
         variant, setting = name.split("-")
         label = "cascade (3 stages)" if variant == "cascade" else "single last-layer decoder"
-        rows.append(f"| {label} | {setting} | {_percent(m['miou_seen'])} | {_percent(m['miou_unseen'])} | {_percent(m['hiou'])} |")
-    uniform, majority = result.chance["uniform"], result.chance["majority"]
-    rows.append(f"| chance: uniform random class per pixel | - | {_percent(uniform['miou_seen'])} | "
-                f"{_percent(uniform['miou_unseen'])} | {_percent(uniform['hiou'])} |")  # fmt: skip
-    rows.append(f"| chance: '{majority['class']}' everywhere | - | {_percent(majority['miou_seen'])} | "
-                f"{_percent(majority['miou_unseen'])} | {_percent(majority['hiou'])} |")  # fmt: skip
+        rows.append(f"| {label} | {setting} | " + " | ".join(percent(m[k]) for k in HEADLINE) + " |")
+    for kind, label in (("uniform", "chance: a uniformly random class per pixel"),
+                        ("majority", f"chance: '{result.chance['majority']['class']}' everywhere")):  # fmt: skip
+        rows.append(f"| {label} | - | " + " | ".join(percent(result.chance[kind][k]) for k in HEADLINE) + " |")
     ratio = facts["cascade_inductive_unseen_over_chance"]
+    verdict = "n/a" if ratio is None else f"{ratio:.1f}x chance (target: at least 3x, {'met' if ratio >= 3 else 'NOT met'})"
     cfg = result.configs["cascade-inductive"]
     unseen_names = ", ".join(cfg.classes.names[i] for i in cfg.classes.unseen)
     return "\n".join([
         "# Cascade-CLIP in the miniature world",
         "",
-        f"20 classes (colour x pattern, e.g. "red striped"), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
+        f"20 classes (colour x pattern, e.g. 'red striped'), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
         f"{recipe.val_images} validation scenes of {cfg.model.image_encoder.image_size} px; seed {recipe.seed}. "
         f"Inductive runs: {recipe.iters} iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive "
         f"runs: {recipe.iters // 2} more from the inductive midpoint. Metric: the project's evaluation on the "
@@ -87,13 +85,12 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
         "",
         *rows,
         "",
-        f"**Chance level** (mIoU(U) of the better image-blind prediction): {_percent(facts['chance_unseen'])}. The "
-        f"inductive cascade's mIoU(U) is {ratio:.1f}x chance (target: at least 3x, "
-        f"{'met' if ratio >= 3 else 'NOT met'}).",
+        f"**Chance level** (mIoU(U) of the better image-blind prediction): {percent(facts['chance_unseen'])}. The "
+        f"inductive cascade's mIoU(U) is {verdict}.",
         "",
         f"**Tiny CLIP zero-shot classification** of single objects from the class names alone (top-1 among all 20 "
-        f"classes): unseen classes {_percent(facts['clip_zero_shot_accuracy_unseen'])}%, seen classes "
-        f"{_percent(facts['clip_zero_shot_accuracy_seen'])}%. Segmentation of unseen classes cannot do much better "
+        f"classes): unseen classes {percent(facts['clip_zero_shot_accuracy_unseen'])}%, seen classes "
+        f"{percent(facts['clip_zero_shot_accuracy_seen'])}%. Segmentation of unseen classes cannot do much better "
         "than what the frozen CLIP knows.",
         "",
         "**Cascade vs single decoder.** " + comparison_sentence(result, "inductive") + " "
@@ -117,20 +114,13 @@ def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
     unseen = set(cfg.classes.unseen)
     samples = [s for s in list_samples(cfg.classes.dataset, cfg.data.root, "val")
                if unseen & set(np.unique(read_label(s.label, layout)).tolist())][:count]  # fmt: skip
-    models = {name: load_checkpoint(path, base=result.configs[name].model)[0] for name, path in result.checkpoints.items()}
     rows = []
     for sample in samples:
         image = Image.fromarray(read_image(sample.image))
         panels = [image, overlay(image, read_label(sample.label, layout), colors)]
-        for name, model in models.items():
-            run_cfg = result.configs[name]
-            text = class_embeddings(run_cfg.classes.names, run_cfg.classes.templates, text_encoder=model.text_encoder)
-            shift = seen_shift_vector(len(names), run_cfg.classes.seen, run_cfg.classes.test_seen_shift)
-            scores = predict_scores(model, test_image_tensor(image, run_cfg.test.short_side), text, shift,
-                                    mode=run_cfg.test.mode, out_size=(image.height, image.width))  # fmt: skip
-            panels.append(overlay(image, scores[0].argmax(0).numpy(), colors))
+        panels += [overlay(image, predictions[sample.name], colors) for predictions in result.predictions.values()]
         big = [p.resize((p.width * ZOOM, p.height * ZOOM), Image.NEAREST) for p in panels]
-        rows.append(side_by_side(big, ["image", "ground truth", *models]))
+        rows.append(side_by_side(big, ["image", "ground truth", *result.predictions]))
     marked = [f"{n} (unseen)" if i in unseen else n for i, n in enumerate(names)]
     grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
     for i, row in enumerate(rows):
@@ -158,7 +148,7 @@ def curves_figure(result: ProtocolResult, path: Path) -> None:
 def write_report(result: ProtocolResult, recipe: WorldRecipe, out: Path, wall_time: float) -> Path:
     """Write the report folder's files (see the module docstring); returns the markdown file."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {**headline(result), "per_class": {k: v["per_class_iou"] for k, v in result.metrics.items()},
+    data = {**headline(result), "per_class": {k: v["per_class"] for k, v in result.metrics.items()},
             "wall_time_seconds": wall_time, "recipe": {"seed": recipe.seed, "train_images": recipe.train_images,
             "val_images": recipe.val_images, "iters": recipe.iters}}  # fmt: skip
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
