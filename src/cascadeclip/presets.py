@@ -97,8 +97,9 @@ def world_preset(setting: str, iters: int = WORLD_INDUCTIVE_ITERS) -> Config:
     """The protocol in the miniature world: the model sized as the world's tiny CLIP (12 blocks, width 64, patch 8,
     64-d joint space), 64-pixel images, and the authors' recipe scaled down: `iters` inductive iterations (the
     transductive run continues from the midpoint for half as many), batch 8, crops of 64 from a 0.5-2x rescale,
-    warm-up 7.5% of the schedule as 1,500 of 20,000. The CLIP file (`train.clip_weights`) and the data root are
-    filled in by `cascadeclip.world` from its cache."""
+    warm-up 7.5% of the schedule as 1,500 of 20,000, and a learning rate of 3e-3 instead of 2e-4: with 1/30 of the
+    reference's samples, 2e-4 leaves the head far from converged (measured: hIoU about 3x lower at 1,200
+    iterations). The CLIP file (`train.clip_weights`) and the data root are filled in by `cascadeclip.world`."""
     size = WORLD_IMAGE_SIZE
     model = ModelConfig(
         image_encoder=ImageEncoderConfig(image_size=size, patch_size=8, width=64, heads=2, output_dim=64, prompt_tokens=4),
@@ -109,6 +110,7 @@ def world_preset(setting: str, iters: int = WORLD_INDUCTIVE_ITERS) -> Config:
     train = TrainConfig(
         iters=iters if inductive else iters // 2,
         batch_size=8,
+        lr=3e-3,
         warmup_iters=max(1, iters * 3 // 40),
         scale=(4 * size, size),
         crop_size=size,

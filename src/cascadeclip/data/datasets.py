@@ -13,7 +13,7 @@ classes are 0..19 / 0..58 and background is never a class. COCO-Stuff labels are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +71,6 @@ LAYOUTS = {
             for split in ("train", "val")
         },
     ),
-    # The miniature world (`cascadeclip.world`): VOC 2012's folders and label convention, without the aug set.
-    "world": Layout(
-        base="VOCdevkit/VOC2012",
-        num_classes=20,
-        reduce_zero_label=True,
-        image_suffix=".jpg",
-        label_suffix=".png",
-        splits={
-            split: (SplitPart(f"ImageSets/Segmentation/{split}.txt", "JPEGImages", "SegmentationClass"),)
-            for split in ("train", "val")
-        },
-    ),
     "coco": Layout(
         base="coco_stuff164k",
         num_classes=171,
@@ -95,6 +83,8 @@ LAYOUTS = {
         },
     ),
 }
+# The miniature world (`cascadeclip.world`): VOC 2012's folders and label convention, without the aug set.
+LAYOUTS["world"] = replace(LAYOUTS["voc"], splits={**LAYOUTS["voc"].splits, "train": LAYOUTS["voc"].splits["train"][:1]})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..class_names import WORLD_CLASSES, WORLD_UNSEEN
 from ..text_embeddings import SINGLE_TEMPLATE
 from ..transforms import normalize
 from .cache import cached_folder
-from .scenes import render_scene, scene_rng, single_object
+from .scenes import WORLD_VERSION, render_scene, scene_rng, single_object
 
 ARCHIVE_NAME = "tiny-clip.pt"
 
@@ -43,7 +43,7 @@ class TinyClipConfig:
     text_width: int = 64  # text heads = width / 64, as OpenAI's (and `text_config_from_clip`) assume
     text_layers: int = 4
     context_length: int = 32
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
@@ -160,5 +160,5 @@ def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progres
         save_openai_archive(clip, folder / ARCHIVE_NAME, cfg)
         (folder / "facts.json").write_text(json.dumps(facts))
 
-    folder = cached_folder("tiny-clip", {"version": 2, **dataclasses.asdict(cfg)}, build, cache)
+    folder = cached_folder("tiny-clip", {"version": WORLD_VERSION, **dataclasses.asdict(cfg)}, build, cache)
     return folder / ARCHIVE_NAME, json.loads((folder / "facts.json").read_text())

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,7 @@ from ..presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
 from .cache import cached_folder
 from .dataset import write_dataset
 from .pretrain import TinyClipConfig, pretrained_tiny_clip
+from .scenes import WORLD_VERSION
 
 SETTINGS = ("inductive", "transductive")
 # Head variants compared: the reference's three stages, and one decoder on the final map only (ZegCLIP).
@@ -64,11 +66,12 @@ class ProtocolResult:
     runs: dict[str, Path]  # "<variant>-<setting>" -> run folder
     configs: dict[str, Config]
     data_root: Path
+    seconds: dict[str, float]  # wall time of each stage: "dataset", "clip", "<variant>-<setting>" (training + evaluation)
 
 
 def world_dataset(recipe: WorldRecipe, cache: Path | None = None) -> Path:
     """The dataset root of the recipe's world, written on first use."""
-    spec = {"version": 2, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
+    spec = {"version": WORLD_VERSION, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
             "val": recipe.val_images}  # fmt: skip
 
     def build(folder: Path) -> None:
@@ -119,10 +122,14 @@ def run_protocol(
     announce: Callable[[str], None] = print,
 ) -> ProtocolResult:
     """Run the whole protocol; training runs go to out/runs/<variant>-<setting> (rewritten on every call)."""
+    seconds = {}
+    started = time.time()
     announce("world dataset")
     data_root = world_dataset(recipe, cache)
+    seconds["dataset"], started = time.time() - started, time.time()
     announce("tiny CLIP (pretrained once, then cached)")
     clip_path, clip_facts = pretrained_tiny_clip(recipe.clip, cache, progress=progress)
+    seconds["clip"], started = time.time() - started, time.time()
     runs = out / "runs"
     metrics, predictions, run_dirs, configs = {}, {}, {}, {}
     for variant in VARIANTS:
@@ -136,5 +143,6 @@ def run_protocol(
             metrics[name] = evaluate(model, cfg, progress=progress,
                                      on_prediction=lambda item, pred: kept.update({item["name"]: pred.numpy()}))  # fmt: skip
             run_dirs[name], configs[name] = runs / name, cfg
+            seconds[name], started = time.time() - started, time.time()
     chance = chance_metrics(configs["cascade-inductive"], recipe.seed)
-    return ProtocolResult(metrics, predictions, chance, clip_facts, run_dirs, configs, data_root)
+    return ProtocolResult(metrics, predictions, chance, clip_facts, run_dirs, configs, data_root, seconds)

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..checkpoints import atomic_write  # noqa: E402
-from ..data.datasets import get_layout, list_samples, read_image, read_label  # noqa: E402
+from ..data.datasets import IGNORE_INDEX, get_layout, list_samples, read_image, read_label  # noqa: E402
 from ..engine.curves import read_log  # noqa: E402
 from ..visualize import legend, overlay, palette, side_by_side  # noqa: E402
 from .protocol import ProtocolResult, WorldRecipe  # noqa: E402
@@ -56,7 +56,7 @@ def comparison_sentence(result: ProtocolResult, setting: str) -> str:
     for key, what in (("mIoU_unseen", "unseen mIoU"), ("hIoU", "hIoU")):
         a, b = cascade[key] or 0.0, single[key] or 0.0
         winner = "the cascade" if a > b else "the single decoder" if b > a else "neither"
-        parts.append(f"{what}: {winner} ({a:.1f} vs {b:.1f})")
+        parts.append(f"{what}: {winner} (cascade {a:.1f}, single {b:.1f})")
     return f"{setting.capitalize()}: " + "; ".join(parts) + "."
 
 
@@ -96,7 +96,13 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
         "**Cascade vs single decoder.** " + comparison_sentence(result, "inductive") + " "
         + comparison_sentence(result, "transductive"),
         "",
-        f"Wall time: {wall_time / 60:.1f} min (tiny CLIP pretraining included only when it was not cached).",
+        "IoU of each unseen class:",
+        "",
+        *unseen_table(result),
+        "",
+        f"Wall time: {wall_time / 60:.1f} min, of which tiny CLIP pretraining {result.seconds['clip'] / 60:.1f} min "
+        "(near 0 when it was cached) and segmentation training and evaluation "
+        f"{sum(v for k, v in result.seconds.items() if k not in ('clip', 'dataset')) / 60:.1f} min.",
         "",
         "![predictions](predictions.png)",
         "",
@@ -105,8 +111,18 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
     ])  # fmt: skip
 
 
+def unseen_table(result: ProtocolResult) -> list[str]:
+    cfg = result.configs["cascade-inductive"]
+    names = [cfg.classes.names[i] for i in cfg.classes.unseen]
+    rows = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, m in result.metrics.items():
+        rows.append(f"| {name} | " + " | ".join(percent(m["per_class"][i]["IoU"]) for i in cfg.classes.unseen) + " |")
+    return rows
+
+
 def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
-    """Validation scenes holding unseen objects, one row each: image, ground truth, each model's prediction."""
+    """Validation scenes holding unseen objects, one row each: image, ground truth, each model's prediction on the
+    object pixels."""
     cfg = result.configs["cascade-inductive"]
     layout = get_layout(cfg.classes.dataset)
     names = list(cfg.classes.names)
@@ -117,8 +133,10 @@ def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
     rows = []
     for sample in samples:
         image = Image.fromarray(read_image(sample.image))
-        panels = [image, overlay(image, read_label(sample.label, layout), colors)]
-        panels += [overlay(image, predictions[sample.name], colors) for predictions in result.predictions.values()]
+        label = read_label(sample.label, layout)
+        # Only labelled pixels are scored (background is ignored, as in VOC), so only they are coloured.
+        scored = [np.where(label == IGNORE_INDEX, IGNORE_INDEX, p[sample.name]) for p in result.predictions.values()]
+        panels = [image, overlay(image, label, colors), *(overlay(image, p, colors) for p in scored)]
         big = [p.resize((p.width * ZOOM, p.height * ZOOM), Image.NEAREST) for p in panels]
         rows.append(side_by_side(big, ["image", "ground truth", *result.predictions]))
     marked = [f"{n} (unseen)" if i in unseen else n for i, n in enumerate(names)]

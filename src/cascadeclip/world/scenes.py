@@ -18,9 +18,13 @@ from PIL import Image, ImageDraw
 
 from ..class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS
 
-# Hues (degrees) far enough apart that the training pipeline's hue jitter (up to 36 degrees) keeps them apart.
-COLOUR_HUES = {"red": 0.0, "yellow": 55.0, "green": 125.0, "blue": 225.0, "purple": 295.0}
+# Hues (degrees) about 72 apart, so that the training pipeline's hue jitter (up to 36 degrees) rarely carries one
+# colour into another's half of the gap.
+COLOUR_HUES = {"red": 355.0, "yellow": 65.0, "green": 135.0, "blue": 210.0, "purple": 283.0}
 assert tuple(COLOUR_HUES) == WORLD_COLOURS
+
+# Part of every cache key (datasets, pretrained CLIPs): change it whenever the scenes drawn for a seed change.
+WORLD_VERSION = 3
 
 # Random streams of one seed: separate, so that e.g. pretraining never draws a validation scene.
 STREAMS = {"train": 0, "val": 1, "pretrain": 2, "zero_shot": 3}
@@ -105,8 +109,8 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, diameter: float, ang
 
 
 def object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
-    """An RGB (0..255) shade of the named colour: its hue +-8 degrees, saturated, of varying brightness."""
-    hue = (COLOUR_HUES[colour] + rng.uniform(-8, 8)) / 360 % 1.0
+    """An RGB (0..255) shade of the named colour: its hue +-5 degrees, saturated, of varying brightness."""
+    hue = (COLOUR_HUES[colour] + rng.uniform(-5, 5)) / 360 % 1.0
     return 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95)))
 
 
