@@ -83,7 +83,7 @@ def test_tiny_clip_archive_loads_like_openai_weights(tmp_path):
     save_openai_archive(clip, tmp_path / "tiny-clip.pt", cfg)
     model, report = create_model(get_preset("world-inductive").model, clip_weights=tmp_path / "tiny-clip.pt")
     assert all(not k.startswith(("backbone.transformer", "backbone.conv1", "text_encoder.")) for k in report.kept_initial)
-    tokens = tokenize(["a photo of a red circle", "a photo of a blue cross"], context_length=cfg.context_length)
+    tokens = tokenize(["a photo of a red striped", "a photo of a blue dotted"], context_length=cfg.context_length)
     with torch.no_grad():
         # Same weights, same computation: only float rounding differs (1e-5 on unit-norm embeddings).
         torch.testing.assert_close(model.text_encoder(tokens), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default: %(default)s; the models are tiny, and a single thread "
                              "never stalls waiting for a busy core)")  # fmt: skip
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the segmentation models train (default: %(default)s; numbers differ by device)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true",
                         help="toy sizes, seconds: checks that the whole chain works (its numbers mean nothing)")  # fmt: skip
 
@@ -55,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
         recipe = WorldRecipe(seed=args.seed, train_images=args.train_images, val_images=args.val_images,
                              iters=args.iters, clip_steps=args.clip_steps)  # fmt: skip
     started = time.time()
-    result = run_protocol(recipe, args.out, cache=args.cache, announce=lambda stage: print(f"== {stage}", flush=True))
+    result = run_protocol(recipe, args.out, cache=args.cache, announce=lambda stage: print(f"== {stage}", flush=True),
+                          device=args.device)  # fmt: skip
     report = write_report(result, recipe, args.out, time.time() - started)
     facts = headline(result)
     for name, m in facts["models"].items():

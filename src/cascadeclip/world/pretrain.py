@@ -84,8 +84,9 @@ def pretraining_batch(cfg: TinyClipConfig, step: int) -> tuple[torch.Tensor, lis
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                      captions: list[str]) -> torch.Tensor:  # fmt: skip
-    """`logit_scale` is the temperature's inverse (already exponentiated, as open_clip's CLIP returns it). CLIP's symmetric cross-entropy, where identical captions in a batch all count as matches (a batch often holds
-    several 'a photo of a red circle'; calling them negatives of each other would be false)."""
+    """CLIP's symmetric cross-entropy, where identical captions in a batch all count as matches (a batch often holds
+    several 'a photo of a red plain'; calling them negatives of each other would be false). `logit_scale` is the
+    inverse temperature, already exponentiated as open_clip's CLIP returns it."""
     logits = logit_scale * image_features @ text_features.T
     same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
     targets = same / same.sum(1, keepdim=True)

@@ -120,8 +120,10 @@ def run_protocol(
     cache: Path | None = None,
     progress: bool = True,
     announce: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> ProtocolResult:
-    """Run the whole protocol; training runs go to out/runs/<variant>-<setting> (rewritten on every call)."""
+    """Run the whole protocol; training runs go to out/runs/<variant>-<setting> (rewritten on every call). The tiny
+    CLIP is always pretrained on the CPU, so that its cached weights are the same wherever they were made."""
     seconds = {}
     started = time.time()
     announce("world dataset")
@@ -137,11 +139,11 @@ def run_protocol(
             name = f"{variant}-{setting}"
             cfg = run_config(recipe, variant, setting, data_root, clip_path, runs)
             announce(f"training {name}: {cfg.train.iters} iterations")
-            result = train(cfg, runs / name, force=True, device="cpu", progress=progress)
+            result = train(cfg, runs / name, force=True, device=device, progress=progress)
             model, _, _ = load_checkpoint(result.checkpoint, base=cfg.model)
             kept = predictions[name] = {}
-            metrics[name] = evaluate(model, cfg, progress=progress,
-                                     on_prediction=lambda item, pred: kept.update({item["name"]: pred.numpy()}))  # fmt: skip
+            metrics[name] = evaluate(model.to(device), cfg, progress=progress,
+                                     on_prediction=lambda item, pred, kept=kept: kept.update({item["name"]: pred.numpy()}))  # fmt: skip
             run_dirs[name], configs[name] = runs / name, cfg
             seconds[name], started = time.time() - started, time.time()
     chance = chance_metrics(configs["cascade-inductive"], recipe.seed)
