@@ -73,7 +73,7 @@ class ProtocolResult:
 def world_dataset(recipe: WorldRecipe, cache: Path | None = None) -> Path:
     """The dataset root of the recipe's world, written on first use."""
     spec = {"version": WORLD_VERSION, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
-            "val": recipe.val_images}  # fmt: skip
+            "val": recipe.val_images, "layout": get_layout("world").base}  # fmt: skip
 
     def build(folder: Path) -> None:
         write_dataset(folder, recipe.seed, WORLD_IMAGE_SIZE, recipe.train_images, recipe.val_images)
