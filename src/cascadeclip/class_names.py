@@ -36,3 +36,11 @@ COCO_STUFF_CLASSES = (
     "waterdrops", "window-blind", "window-other", "wood",
 )  # fmt: skip
 COCO_STUFF_UNSEEN = (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160)
+
+# The miniature world (`cascadeclip.world`): each class is a colour and a surface pattern ("red striped"). Every word
+# of an unseen class names seen classes too (each colour and each pattern occurs in at least three seen classes), so
+# an unseen class is a new composition of known attributes, described in words the segmentation training has seen.
+WORLD_COLOURS = ("red", "yellow", "green", "blue", "purple")
+WORLD_PATTERNS = ("plain", "striped", "dotted", "checkered")
+WORLD_CLASSES = tuple(f"{colour} {pattern}" for colour in WORLD_COLOURS for pattern in WORLD_PATTERNS)
+WORLD_UNSEEN = (0, 5, 10, 15, 16)  # red plain, yellow striped, green dotted, blue checkered, purple plain

@@ -4,6 +4,9 @@
     <root>/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}
     <root>/coco_stuff164k/{images, annotations}/{train2017, val2017}   (labels *_labelTrainIds.png)
 
+The miniature world (`cascadeclip.world`) is written in the VOC 2012 layout under <root>/VOCdevkit/World, with
+train.txt and val.txt only.
+
 VOC and Context labels have 0 = background: `reduce_zero_label` maps 0 -> 255 (ignored) and v -> v - 1, so the
 classes are 0..19 / 0..58 and background is never a class. COCO-Stuff labels are 0..170 already.
 """
@@ -11,7 +14,7 @@ classes are 0..19 / 0..58 and background is never a class. COCO-Stuff labels are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,11 @@ LAYOUTS = {
         },
     ),
 }
+# The miniature world (`cascadeclip.world`): VOC 2012's folders and label convention, without the aug set, in a
+# folder of its own so that a root is never taken for the other dataset.
+LAYOUTS["world"] = replace(
+    LAYOUTS["voc"], base="VOCdevkit/World", splits={**LAYOUTS["voc"].splits, "train": LAYOUTS["voc"].splits["train"][:1]}
+)
 
 
 @dataclass(frozen=True)
