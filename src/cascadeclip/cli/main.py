@@ -13,7 +13,7 @@ import sys
 from ..errors import UserError
 
 # command name -> module in cascadeclip.cli
-SUBCOMMANDS = {"demo": "demo", "convert": "convert"}
+SUBCOMMANDS = {"demo": "demo", "convert": "convert", "bench": "bench"}
 
 
 def build_parser() -> argparse.ArgumentParser:
