@@ -35,17 +35,24 @@ def prompted_block(block: ResidualAttentionBlock, x: torch.Tensor, prompts: torc
     A block's outputs at the prompt positions are never read: the next block replaces the prompts, and after the
     last block only the CLS and patch tokens are used. So queries, attention output and MLP are computed for the
     CLS and patch tokens alone. Attention does not depend on the order of the keys, so the prompts' keys go last.
+    The block's nn.MultiheadAttention weights are applied here with F.linear and fused attention rather than
+    through the module, whose cross-attention path runs batched windows as many tiny matrix products.
 
     Args:
-        block: a pre-norm block (x += attn(ln_1(x)); x += mlp(ln_2(x))).
+        block: a pre-norm block (x += attn(ln_1(x)); x += mlp(ln_2(x))), its attention without dropout.
         x: (B, 1 + N, W) CLS and patch tokens.
         prompts: (B, T, W) this block's prompt tokens.
     Returns:
         (B, 1 + N, W) the block's output at the CLS and patch tokens.
     """
-    queries = block.ln_1(x)
-    context = torch.cat([queries, block.ln_1(prompts)], dim=1)
-    x = x + block.ls_1(block.attention(q_x=queries, k_x=context, v_x=context))
+    attn, (batch, length, width) = block.attn, x.shape
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    kv_weight, kv_bias = attn.in_proj_weight[width:], attn.in_proj_bias[width:]
+    prompt_k, prompt_v = F.linear(block.ln_1(prompts), kv_weight, kv_bias).chunk(2, dim=-1)
+    k, v = torch.cat([k, prompt_k], dim=1), torch.cat([v, prompt_v], dim=1)
+    q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(attn.out_proj(attended))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
