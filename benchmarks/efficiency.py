@@ -26,7 +26,6 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
@@ -37,13 +36,15 @@ from cascadeclip.efficiency import (
     ActivationTracker,
     Timing,
     count_flops,
+    generated_image_size,
     machine_description,
     peak_memory,
     protocol_fps,
+    protocol_images,
+    slide_predictor,
     tensor_bytes,
     time_calls,
 )
-from cascadeclip.inference import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.parameters import count_parameters
 from cascadeclip.presets import get_preset
@@ -180,23 +181,11 @@ def main() -> None:
 
 def measure_fps(args: argparse.Namespace, cfg, model: CascadeCLIP, text: torch.Tensor) -> dict:
     """FPS under the paper's protocol on a generated image of the dataset's most common size, fp32 and bf16."""
-    from cascadeclip.cli.bench import TYPICAL_IMAGE_SIZE
-
-    height, width = TYPICAL_IMAGE_SIZE[cfg.classes.dataset]
-    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    tensor = test_image_tensor(image, cfg.test.short_side)
-    shift = seen_shift_vector(len(text), cfg.classes.seen, cfg.classes.test_seen_shift)
-    test = cfg.test
-
-    def predict(img: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return predict_scores(model, img, text, shift, mode=test.mode, crop=test.crop_size, stride=test.stride,
-                              window_batch=test.window_batch, out_size=out_size)  # fmt: skip
-
-    result = {"image_size": [height, width]}
+    result = {"image_size": list(generated_image_size(cfg))}
     for precision in ("fp32", "bf16"):
         with fast_inference(CPU, precision):
-            stream = ((tensor, (height, width)) for _ in range(args.fps_images))
-            result[precision] = protocol_fps(predict, stream, CPU, warmup=args.fps_warmup)
+            stream = protocol_images(cfg, args.fps_images)
+            result[precision] = protocol_fps(slide_predictor(model, text, cfg), stream, CPU, warmup=args.fps_warmup)
     return result
 
 

@@ -15,6 +15,7 @@ from conftest import tiny_model_config
 from cascadeclip.acceleration import fast_inference, use_fast_path
 from cascadeclip.cli.main import main
 from cascadeclip.efficiency import count_flops
+from cascadeclip.inference import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 
 # Float rounding of a different order of summation (and oneDNN instead of MKL) stays far below this; a change of
@@ -130,3 +131,16 @@ def test_bench_writes_json_with_every_field(tmp_path, capsys):
 def test_bench_rejects_warmup_not_below_images(capsys):
     assert main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"]) == 2
     assert "--warmup" in capsys.readouterr().err
+
+
+def test_fast_path_slide_scores_equal_the_reference():
+    model = tiny_model()
+    image, text = torch.randn(1, 3, 80, 112), text_embeddings(5)
+    shift = seen_shift_vector(5, [0, 2, 3], 0.1)
+    args = dict(crop=64, stride=48, window_batch=2, out_size=(75, 105))
+    reference = predict_scores(model, image, text, shift, **args)
+    with fast_inference("cpu", "fp32"):
+        fast = predict_scores(use_fast_path(model), image, text, shift, **args)
+    assert fast.is_contiguous(memory_format=torch.channels_last)  # the fast path's layout reached the output
+    torch.testing.assert_close(fast, reference, atol=FAST_PATH_ATOL, rtol=0)
+    assert torch.equal(fast.argmax(dim=1), reference.argmax(dim=1))

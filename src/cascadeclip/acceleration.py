@@ -1,7 +1,8 @@
 """The fast inference path: the same function as the reference computation, with less work and faster kernels.
 
 - `use_fast_path(model)`: the image encoder's prompts enter each block as keys and values only
-  (`ImageEncoder.prompts_as_keys`). The head already skips what its output does not use (the last decoder layer's
+  (`ImageEncoder.prompts_as_keys`), and the mask logits are upsampled in channels-last layout
+  (`CascadeCLIP.channels_last_upsampling`). The head already skips what its output does not use (the last decoder layer's
   value path and FFN; the query self-attention is not built) and attention everywhere is PyTorch's fused
   scaled-dot-product attention.
 - `fast_inference(device, precision)`: autograd off; fp32 linear layers on the CPU through oneDNN (`onednn_linears`);
@@ -29,6 +30,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def use_fast_path(model: CascadeCLIP, enabled: bool = True) -> CascadeCLIP:
     """Switch `model` (in place) to the fast computation, or back to the reference's; returns it."""
     model.backbone.prompts_as_keys = enabled
+    model.channels_last_upsampling = enabled
     return model
 
 
@@ -56,6 +58,7 @@ def _routable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
         and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # compiled graphs choose their own kernels
     )
 
 

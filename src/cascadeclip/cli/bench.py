@@ -19,28 +19,29 @@ import argparse
 import dataclasses
 import json
 import warnings
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from ..acceleration import PRECISIONS, fast_inference, use_fast_path
 from ..checkpoints import atomic_write
 from ..config import Config, TextEncoderConfig
-from ..data.datasets import list_samples, read_image
-from ..efficiency import count_flops, machine_description, peak_memory, protocol_fps, time_calls
+from ..efficiency import (
+    count_flops,
+    generated_image_size,
+    machine_description,
+    peak_memory,
+    protocol_fps,
+    protocol_images,
+    slide_predictor,
+    tensor_bytes,
+    time_calls,
+)
 from ..errors import UserError
-from ..inference import predict_scores, seen_shift_vector
 from ..modeling.cascade_clip import CascadeCLIP
 from ..parameters import ParameterCounts, authors_parameter_counts, count_parameters
 from ..presets import resolve_config
-from ..transforms import test_image_tensor
 
 HELP = "measure parameters, FLOPs, latency, FPS (the paper's protocol) and peak memory of a configuration"
-
-# Generated images stand in for a dataset's validation images: the most common size (H, W) of each validation set.
-TYPICAL_IMAGE_SIZE = {"voc": (375, 500), "context": (375, 500), "coco": (480, 640)}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name (e.g. coco-inductive) or a YAML configuration file")
@@ -131,7 +132,8 @@ def flops_report(model: CascadeCLIP, text: torch.Tensor, size: int) -> dict:
 
 
 def settings_report(args: argparse.Namespace, cfg: Config, size: int) -> dict:
-    source = "validation images" if args.data_root else "generated images of {}x{}".format(*generated_size(args, cfg))
+    generated = generated_image_size(cfg, args.image_size)
+    source = "validation images" if args.data_root else "generated images of {}x{}".format(*generated)
     return {
         "path": "reference" if args.reference else "fast",
         "compile": args.compile,
@@ -148,48 +150,22 @@ def settings_report(args: argparse.Namespace, cfg: Config, size: int) -> dict:
     }
 
 
-def generated_size(args: argparse.Namespace, cfg: Config) -> tuple[int, int]:
-    return tuple(args.image_size) if args.image_size else TYPICAL_IMAGE_SIZE.get(cfg.classes.dataset, (512, 512))
-
-
-def fps_images(args: argparse.Namespace, cfg: Config) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
-    """`args.images` (preprocessed image, original size) pairs; validation images repeat if there are fewer."""
-    short_side = cfg.test.short_side
-    if args.data_root:
-        samples = list_samples(cfg.classes.dataset, args.data_root, "val")
-        if not samples:
-            raise UserError(f"no validation images found under {args.data_root} for {cfg.classes.dataset}")
-        for i in range(args.images):
-            image = read_image(samples[i % len(samples)].image)
-            yield test_image_tensor(image, short_side), image.shape[:2]
-        return
-    height, width = generated_size(args, cfg)
-    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    tensor = test_image_tensor(image, short_side)
-    for _ in range(args.images):
-        yield tensor, (height, width)
-
-
 def measure(args: argparse.Namespace, cfg: Config, model: CascadeCLIP, text: torch.Tensor, size: int,
             device: torch.device, precision: str) -> dict:  # fmt: skip
     """Latency and peak memory of one whole-image forward, and FPS under the paper's protocol."""
     model.to(device)
     text = text.to(device)
-    shift = seen_shift_vector(len(text), cfg.classes.seen, cfg.classes.test_seen_shift).to(device)
     forward_model = torch.compile(model) if args.compile else model
     images = torch.randn(1, 3, size, size, device=device)
-    test = cfg.test
-
-    def predict(image: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return predict_scores(forward_model, image, text, shift, mode=test.mode, crop=test.crop_size,
-                              stride=test.stride, window_batch=test.window_batch, out_size=out_size)  # fmt: skip
+    predict = slide_predictor(forward_model, text, cfg)
+    stream = protocol_images(cfg, args.images, args.data_root, args.image_size)
 
     with fast_inference(device, precision), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # open_clip / MHA notes about the attention path
         latency = time_calls(lambda: forward_model(images, text), device, args.repeats, args.latency_warmup)
         memory = peak_memory(lambda: forward_model(images, text), device)
-        fps = protocol_fps(predict, fps_images(args, cfg), device, warmup=args.warmup)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        fps = protocol_fps(predict, stream, device, warmup=args.warmup)
+    weights = tensor_bytes(model.parameters())
     model.cpu()
     return {
         "device": device.type,
