@@ -148,10 +148,11 @@ def main() -> None:
             "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats)}  # fmt: skip
 
     print("agreement, memory, FPS ...", flush=True)
+    predict, window_size = slide_predictor(model, text, cfg), tuple(images.shape[-2:])
     with fast_inference(CPU, "fp32"):
-        labels_fp32 = model(images, text).argmax(dim=1)
+        labels_fp32 = predict(images, window_size).argmax(dim=1)
     with fast_inference(CPU, "bf16"):
-        labels_bf16 = model(images, text).argmax(dim=1)
+        labels_bf16 = predict(images, window_size).argmax(dim=1)
     agreement = (labels_fp32 == labels_bf16).float().mean().item()
     memory = measure_memory(model, images, text)
     fps = measure_fps(args, cfg, model, text)

@@ -33,8 +33,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     """(B, H, L, d) queries, (B, H, S, d) keys and values -> (B, H, L, d), scaled by 1/sqrt(d).
 
     PyTorch's fused kernel, except in bf16 on the CPU: there its flash kernel took 36 ms where two bf16 matrix
-    products and a softmax took 15 (one ViT-B block at 512x512, one thread, AMD EPYC Zen 5, torch 2.14.1), at the
-    cost of holding the (B, H, L, S) logits.
+    products and a softmax took 15 to 36, depending on the memory traffic of the other core (one ViT-B block at
+    512x512, one thread, AMD EPYC Zen 5, torch 2.14.1), at the cost of holding the (B, H, L, S) logits.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
