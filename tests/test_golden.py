@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from cascadeclip.acceleration import fast_inference, use_fast_path
 from cascadeclip.checkpoints import load_state, read_authors_checkpoint
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
 from cascadeclip.inference import predict_scores, seen_shift_vector
@@ -82,6 +83,15 @@ def test_golden_masks_and_scores(golden):
     shift = seen_shift_vector(len(text), meta["seen"], 0.1 if meta["case"]["setting"] == "inductive" else 0.0)
     scores = predict_scores(model, io["images"], text, shift, mode="whole")
     torch.testing.assert_close(scores, io["scores"], atol=OUTPUT_ATOL, rtol=0)
+
+
+def test_golden_fast_path(golden):
+    """The fast inference path (prompts as keys only, oneDNN linears) computes the authors' mask logits too."""
+    _, model, _, io, text = golden
+    model = use_fast_path(copy.deepcopy(model))
+    with fast_inference("cpu", "fp32"):
+        logits = model(io["images"], text)
+    torch.testing.assert_close(logits, io["pred_masks"], atol=OUTPUT_ATOL, rtol=0)
 
 
 def test_golden_slide_scores(golden):

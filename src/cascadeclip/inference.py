@@ -59,12 +59,15 @@ def slide_scores(
         for y in window_starts(height, crop, stride)
         for x in window_starts(width, crop, stride)
     ]
-    total = image.new_zeros((1, text.shape[0], height, width), dtype=torch.float32)
-    count = image.new_zeros((1, 1, height, width), dtype=torch.float32)
+    total, count = None, image.new_zeros((1, 1, height, width), dtype=torch.float32)
     for i in range(0, len(boxes), window_batch):
         chunk = boxes[i : i + window_batch]
         windows = torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])
         scores = class_scores(model(windows, text), shift)
+        if total is None:  # in the layout of the model's output, which resizing and argmax then run on
+            channels_last = scores.is_contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            total = torch.empty((1, text.shape[0], height, width), device=image.device, memory_format=layout).zero_()
         for (y0, x0, y1, x1), window_scores in zip(chunk, scores):
             total[0, :, y0:y1, x0:x1] += window_scores
             count[0, :, y0:y1, x0:x1] += 1

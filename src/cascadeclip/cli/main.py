@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "train",
     "test": "test",
     "check-data": "check_data",
+    "bench": "bench",
     "convert": "convert",
 }
 

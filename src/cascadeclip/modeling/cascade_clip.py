@@ -25,6 +25,9 @@ class CascadeCLIP(nn.Module):
         self.decode_head = CascadeHead(cfg.head)
         self.text_encoder = TextEncoder(cfg.text_encoder) if cfg.text_encoder is not None else None
         self.freeze_pretrained()
+        # Fast path (see acceleration.use_fast_path): upsample in channels-last layout, 2-3x faster on the CPU for
+        # hundreds of classes; the logits are then returned in that layout (same values, other strides).
+        self.channels_last_upsampling = False
 
     def freeze_pretrained(self) -> None:
         """The reference's trainable set (spec §2.1): backbone parameters whose name contains "prompt", and the
@@ -47,4 +50,6 @@ class CascadeCLIP(nn.Module):
         """
         maps, global_embedding = self.backbone(images)
         logits = self.decode_head(maps, global_embedding, text)
+        if self.channels_last_upsampling:
+            logits = logits.contiguous(memory_format=torch.channels_last)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

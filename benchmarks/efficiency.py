@@ -1,0 +1,294 @@
+"""Efficiency benchmark of one machine, in one run; regenerates benchmarks/RESULTS.md.
+
+Measures, for a whole-image forward of batch 1 (default 512x512, the COCO configuration: T = 50, 171 classes):
+  (a) the bare CLIP ViT-B/16 image encoder (open_clip's VisionTransformer, random weights, full size);
+  (b) the full Cascade-CLIP forward, fast path, fp32;
+  (c) the same in bf16 (the bare encoder too, for its own ratio);
+  (d) the machine's matrix-multiply peak (fp32 and bf16; the best of PyTorch's BLAS and oneDNN on square matrices);
+and reports b/a, c/b, the achieved GFLOP/s as a share of (d), the reference computation in plain PyTorch, peak
+memory against weights + live activations, bf16 agreement with fp32, and FPS under the paper's protocol (with fewer
+images than its 1000, see --fps-images).
+
+    PYTHONPATH=src python benchmarks/efficiency.py --threads 2 --note "machine shared with ..."
+    PYTHONPATH=src python benchmarks/efficiency.py --size 224 --repeats 1 --fps-images 3 --fps-warmup 1 --out /tmp/R.md
+
+Both the bare encoder and our model run in the same context per precision (`acceleration.fast_inference`), so the
+ratios compare work, not kernel libraries. Targets (issue 6) are stated beside each figure; nothing is tuned to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+import warnings
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU, VisionTransformer
+from PIL import Image
+
+from cascadeclip.acceleration import fast_inference, onednn_linears, use_fast_path
+from cascadeclip.efficiency import (
+    ActivationTracker,
+    Timing,
+    count_flops,
+    generated_image_size,
+    machine_description,
+    peak_memory,
+    protocol_fps,
+    protocol_images,
+    slide_predictor,
+    tensor_bytes,
+    time_calls,
+)
+from cascadeclip.modeling.cascade_clip import CascadeCLIP
+from cascadeclip.parameters import count_parameters
+from cascadeclip.presets import get_preset
+from cascadeclip.transforms import test_image_tensor
+
+CPU = torch.device("cpu")
+
+
+def bare_vit(size: int) -> VisionTransformer:
+    """CLIP ViT-B/16 as open_clip builds it (QuickGELU, as OpenAI's), random weights, for size x size inputs."""
+    return VisionTransformer(image_size=size, patch_size=16, width=768, layers=12, heads=12, mlp_ratio=4.0,
+                             output_dim=512, act_layer=QuickGELU).eval()  # fmt: skip
+
+
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> dict:
+    """GFLOP/s of an n x n x n product: PyTorch's matmul (MKL for fp32 on the CPU) and oneDNN's linear kernel."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    flops = 2 * n**3
+    with torch.inference_mode():
+        results = {"torch.mm": flops / time_calls(lambda: a @ b, CPU, repeats, warmup=1).min / 1e9}
+        if dtype == torch.float32:
+            with onednn_linears():
+                results["oneDNN linear"] = flops / time_calls(lambda: F.linear(a, b), CPU, repeats, warmup=1).min / 1e9
+    return results
+
+
+def sample_window(size: int) -> torch.Tensor:
+    """(1, 3, size, size) the bundled sample photo, short side resized to `size`, centre crop, normalised."""
+    image = Image.open(files("cascadeclip") / "assets" / "sample.jpg").convert("RGB")
+    tensor = test_image_tensor(image, size)
+    top, left = (tensor.shape[2] - size) // 2, (tensor.shape[3] - size) // 2
+    return tensor[:, :, top : top + size, left : left + size]
+
+
+def measure_memory(model: CascadeCLIP, images: torch.Tensor, text: torch.Tensor) -> dict:
+    """Peak resident growth of one fast fp32 forward, against the tensors the forward itself keeps alive."""
+    with fast_inference(CPU, "fp32"):
+        measured = peak_memory(lambda: model(images, text), CPU)
+        with ActivationTracker(exclude=list(model.parameters())) as tracker:
+            model(images, text)
+    weights = tensor_bytes(model.parameters())
+    return {
+        "weights_bytes": weights,
+        "forward_growth_bytes": measured["peak_bytes"],
+        "method": measured["method"],
+        "live_activations_peak_bytes": tracker.peak,
+        "largest_op_bytes": tracker.largest_op,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="coco-inductive", help="preset (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=512, help="side of the whole-image forward (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed forwards per row (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forwards before them (default: %(default)s)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak product (default: %(default)s)")
+    parser.add_argument("--fps-images", type=int, default=30, help="FPS images, warm-up included (default: %(default)s)")
+    parser.add_argument("--fps-warmup", type=int, default=5, help="FPS warm-up images (default: %(default)s)")
+    parser.add_argument("--note", default="", help="a remark for the results file, e.g. that the machine was shared")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", UserWarning)
+    started, load_before = time.time(), machine_description()["load_average"]
+
+    cfg = get_preset(args.config)
+    torch.manual_seed(0)
+    model = CascadeCLIP(cfg.model).eval().requires_grad_(False)
+    vit = bare_vit(args.size).requires_grad_(False)
+    text = F.normalize(torch.randn(len(cfg.classes.names), cfg.model.head.dim), dim=-1)
+    images = sample_window(args.size)
+
+    flops = {"bare ViT-B/16": count_flops(vit, images)}
+    flops["Cascade-CLIP reference"] = count_flops(use_fast_path(model, False), images, text)
+    flops["Cascade-CLIP fast"] = count_flops(use_fast_path(model, True), images, text)
+
+    def timed(fn, precision: str | None) -> Timing:
+        """precision None: plain PyTorch inference (its own MKL linears and MHA fast path), no fast-path context."""
+        if precision is None:
+            with torch.inference_mode():
+                return time_calls(fn, CPU, args.repeats, args.warmup)
+        with fast_inference(CPU, precision):
+            return time_calls(fn, CPU, args.repeats, args.warmup)
+
+    rows = {}
+    print("timing ...", flush=True)
+    rows["(a) bare ViT-B/16, fp32"] = ("bare ViT-B/16", timed(lambda: vit(images), "fp32"))
+    rows["(b) Cascade-CLIP fast path, fp32"] = ("Cascade-CLIP fast", timed(lambda: model(images, text), "fp32"))
+    rows["bare ViT-B/16, bf16"] = ("bare ViT-B/16", timed(lambda: vit(images), "bf16"))
+    rows["(c) Cascade-CLIP fast path, bf16"] = ("Cascade-CLIP fast", timed(lambda: model(images, text), "bf16"))
+    use_fast_path(model, False)
+    rows["Cascade-CLIP reference, plain PyTorch fp32"] = (
+        "Cascade-CLIP reference", timed(lambda: model(images, text), None))
+    rows["bare ViT-B/16, plain PyTorch fp32"] = ("bare ViT-B/16", timed(lambda: vit(images), None))
+    use_fast_path(model, True)
+
+    print("matmul peak ...", flush=True)
+    peak = {"fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
+            "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats)}  # fmt: skip
+
+    print("agreement, memory, FPS ...", flush=True)
+    predict, window_size = slide_predictor(model, text, cfg), tuple(images.shape[-2:])
+    with fast_inference(CPU, "fp32"):
+        labels_fp32 = predict(images, window_size).argmax(dim=1)
+    with fast_inference(CPU, "bf16"):
+        labels_bf16 = predict(images, window_size).argmax(dim=1)
+    agreement = (labels_fp32 == labels_bf16).float().mean().item()
+    memory = measure_memory(model, images, text)
+    fps = measure_fps(args, cfg, model, text)
+
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_seconds": round(time.time() - started),
+        "machine": machine_description(),
+        "load_average_before": load_before,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "config": cfg.name,
+        "classes": len(text),
+        "parameters": {"Cascade-CLIP": count_parameters(model).total, "bare ViT-B/16": count_parameters(vit).total},
+        "flops": flops,
+        "timings": {name: {"flops_of": of, **t.as_dict()} for name, (of, t) in rows.items()},
+        "matmul_peak_gflops": peak,
+        "bf16_same_class_share": agreement,
+        "memory": memory,
+        "fps": fps,
+    }
+    markdown = render(results)
+    args.out.write_text(markdown)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    print(markdown)
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+def measure_fps(args: argparse.Namespace, cfg, model: CascadeCLIP, text: torch.Tensor) -> dict:
+    """FPS under the paper's protocol on a generated image of the dataset's most common size, fp32 and bf16."""
+    result = {"image_size": list(generated_image_size(cfg))}
+    for precision in ("fp32", "bf16"):
+        with fast_inference(CPU, precision):
+            stream = protocol_images(cfg, args.fps_images)
+            result[precision] = protocol_fps(slide_predictor(model, text, cfg), stream, CPU, warmup=args.fps_warmup)
+    return result
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def render(r: dict) -> str:
+    m, t, flops, peak, mem = r["machine"], r["timings"], r["flops"], r["matmul_peak_gflops"], r["memory"]
+    median = {name: row["median"] for name, row in t.items()}
+    a, b = median["(a) bare ViT-B/16, fp32"], median["(b) Cascade-CLIP fast path, fp32"]
+    a16, c = median["bare ViT-B/16, bf16"], median["(c) Cascade-CLIP fast path, bf16"]
+    fp32_peak, bf16_peak = max(peak["fp32"].values()), max(peak["bf16"].values())
+    achieved = flops["Cascade-CLIP fast"] / b / 1e9
+    achieved16 = flops["Cascade-CLIP fast"] / c / 1e9
+    total_memory = mem["weights_bytes"] + (mem["forward_growth_bytes"] or 0)
+    bound = mem["weights_bytes"] + mem["live_activations_peak_bytes"]
+    flags = ", ".join(f for f, present in m["cpu_flags"].items() if present)
+    size = r["args"]["size"]
+    lines = [
+        "# Efficiency benchmark",
+        "",
+        f"Regenerated by `benchmarks/efficiency.py` on {r['date']} ({r['wall_seconds']} s). "
+        f"Configuration `{r['config']}` ({r['classes']} classes), whole-image forward of batch 1 at {size}x{size}, "
+        f"random weights. {r['args']['repeats']} timed forwards per row after {r['args']['warmup']} untimed.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs; PyTorch used {m['torch_threads']} threads",
+        f"- instruction sets: {flags}; PyTorch CPU capability {m['torch_cpu_capability']}; "
+        f"bf16 instructions: {'yes' if m['cpu_flags'].get('avx512_bf16') or m['cpu_flags'].get('amx_bf16') else 'no'}",
+        f"- memory {m.get('memory_gb')} GB; GPU: {m['gpu'] or 'none'}",
+        f"- torch {m['torch']}, Python {m['python']}",
+        f"- load average before / after: {r['load_average_before']} / {m.get('load_average')}",
+    ]
+    if r["args"]["note"]:
+        lines.append(f"- note: {r['args']['note']}")
+    lines += [
+        "",
+        "## Forward timings",
+        "",
+        "| forward | median ms | p25-p75 ms | GFLOP (PyTorch, 2/MAC) | achieved GFLOP/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in t.items():
+        gflop = flops[row["flops_of"]] / 1e9
+        lines.append(f"| {name} | {row['median'] * 1e3:.0f} | {row['p25'] * 1e3:.0f}-{row['p75'] * 1e3:.0f} | "
+                     f"{gflop:.1f} | {gflop / row['median']:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        "FLOPs by `torch.utils.flop_counter` (matrix products, convolutions, attention; 2 per multiply-add). "
+        "The paper's fvcore convention is half: "
+        + ", ".join(f"{name} {f / 2e9:.1f} G" for name, f in flops.items()) + ".",
+        "",
+        "(d) matrix-multiply peak, {0}x{0}x{0}: ".format(r["args"]["matmul_size"])
+        + "; ".join(f"{dt} " + ", ".join(f"{k} {v:.0f}" for k, v in peak[dt].items()) + " GFLOP/s" for dt in peak),
+        "",
+        "## Against the targets",
+        "",
+        "| measure | value | target | |",
+        "|---|---:|---:|---|",
+        f"| b/a: full model / bare encoder, fp32 | {b / a:.3f} | <= 1.15 | {_verdict(b / a <= 1.15)} |",
+        f"| same in bf16 | {c / a16:.3f} | <= 1.15 | {_verdict(c / a16 <= 1.15)} |",
+        f"| c/b: bf16 / fp32 time | {c / b:.3f} (speed-up {b / c:.2f}x) | speed-up >= 2 | {_verdict(b / c >= 2)} |",
+        f"| pixels with the same class, bf16 vs fp32 | {100 * r['bf16_same_class_share']:.2f}% | >= 99.5% | "
+        f"{_verdict(r['bf16_same_class_share'] >= 0.995)} |",
+        f"| achieved fp32 GFLOP/s / fp32 peak | {achieved:.0f} / {fp32_peak:.0f} = {100 * achieved / fp32_peak:.0f}% "
+        f"| >= 70% | {_verdict(achieved >= 0.7 * fp32_peak)} |",
+        f"| achieved bf16 GFLOP/s / bf16 peak (no target) | {achieved16:.0f} / {bf16_peak:.0f} = "
+        f"{100 * achieved16 / bf16_peak:.0f}% | | |",
+        f"| peak memory / (weights + live activations) | {total_memory / 2**20:.0f} / {bound / 2**20:.0f} MB = "
+        f"{total_memory / bound:.2f} | <= 1.2 | {_verdict(total_memory <= 1.2 * bound)} |",
+        "",
+        f"Speed-up of the fast path over the reference computation in plain PyTorch (fp32): "
+        f"{median['Cascade-CLIP reference, plain PyTorch fp32'] / b:.2f}x; "
+        f"bare encoder plain PyTorch vs oneDNN linears: {median['bare ViT-B/16, plain PyTorch fp32'] / a:.2f}x.",
+        "",
+        "## Memory",
+        "",
+        f"Weights {mem['weights_bytes'] / 2**20:.0f} MB. One fp32 fast-path forward raised the peak resident set by "
+        f"{(mem['forward_growth_bytes'] or 0) / 2**20:.0f} MB ({mem['method']}). The tensors the forward creates "
+        f"peaked at {mem['live_activations_peak_bytes'] / 2**20:.0f} MB live at once (tracked per operation); the "
+        f"largest single operation touched {mem['largest_op_bytes'] / 2**20:.0f} MB.",
+        "",
+        "## FPS (the paper's protocol, fewer images)",
+        "",
+    ]
+    fps = r["fps"]
+    h, w = fps["image_size"]
+    for precision in ("fp32", "bf16"):
+        f = fps[precision]
+        lines.append(f"- {precision}: {f['fps']:.3f} FPS over {f['images']} timed images after {f['warmup']} "
+                     f"warm-up")  # fmt: skip
+    lines += [
+        "",
+        f"Batch 1, sliding 512 windows (stride 426) over a generated {h}x{w} image resized to short side 512, "
+        "resize to the original size, argmax and copy timed. The paper times 900 images after 100 warm-up on an "
+        f"RTX 3090 (18.4 FPS); here {r['args']['fps_images']} images in all, to keep the shared machine's time.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
