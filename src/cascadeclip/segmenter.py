@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
+from .acceleration import fast_inference, use_fast_path
 from .checkpoints import (
     AUTHORS_CHECKPOINTS_URL,
     OPENAI_VIT_B_16_URL,
@@ -102,7 +103,8 @@ class Segmenter:
     """A Cascade-CLIP model and a CLIP text tower that segment images into any list of class names.
 
     Args:
-        model: the segmentation model (it runs on given class embeddings; its own text tower is not called).
+        model: the segmentation model (it runs on given class embeddings; its own text tower is not called); it is
+            switched in place to the fast computation of the same function (`acceleration.use_fast_path`).
         text_encoder: the CLIP text tower that embeds class names.
         device: where to run; default CUDA when available, else CPU.
         templates: "multi" (15-template ensemble, default) or "single" ("a photo of a {}").
@@ -133,7 +135,8 @@ class Segmenter:
             raise CheckpointError(f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
                                   f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs")  # fmt: skip
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_efficiency.py).
+        self.model = use_fast_path(model.eval().to(self.device))
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
         self.mode = mode
@@ -224,7 +227,7 @@ class Segmenter:
         """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
         tensor = test_image_tensor(image, self.short_side).to(self.device)
         height, width = tensor.shape[-2:]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
             if self.mode == "whole":  # pad (with the mean colour, 0 after normalising) to whole patches, then crop
                 patch = self.model.cfg.image_encoder.patch_size
                 tensor = F.pad(tensor, (0, -width % patch, 0, -height % patch))
