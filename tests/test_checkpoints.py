@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cascadeclip.checkpoints import CheckpointError, load_state, read_openai_clip, save_model
+from cascadeclip.checkpoints import CheckpointError, load_state, read_openai_clip, save_model, save_openai_archive
 from cascadeclip.cli.main import main
 from cascadeclip.config import ClassesConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from cascadeclip.factory import create_model, load_checkpoint
@@ -28,10 +27,7 @@ def make_openai_archive(path, image_size=64):
         CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
         quick_gelu=True,
     ).eval()
-    example = (torch.randn(1, 3, image_size, image_size), torch.zeros(1, 77, dtype=torch.long))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.trace_module(clip, {"forward": example}, check_trace=False).save(str(path))
+    save_openai_archive(clip, path, image_size, context_length=77)
     return clip
 
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 from open_clip.tokenizer import tokenize
 
+from cascadeclip.checkpoints import save_openai_archive
 from cascadeclip.class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS, WORLD_UNSEEN
 from cascadeclip.cli.main import main
 from cascadeclip.data.datasets import get_layout, list_samples, read_label
 from cascadeclip.factory import create_model
 from cascadeclip.presets import get_preset
 from cascadeclip.world.dataset import write_dataset
-from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip, save_openai_archive
+from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip
 from cascadeclip.world.scenes import class_words, render_scene, scene_rng
 
 
@@ -80,7 +81,7 @@ def test_world_preset_refers_to_the_world_classes():
 def test_tiny_clip_archive_loads_like_openai_weights(tmp_path):
     cfg = TinyClipConfig(steps=0, text_layers=1)
     clip = build_clip(cfg).eval()
-    save_openai_archive(clip, tmp_path / "tiny-clip.pt", cfg)
+    save_openai_archive(clip, tmp_path / "tiny-clip.pt", cfg.image_size, cfg.context_length)
     model, report = create_model(get_preset("world-inductive").model, clip_weights=tmp_path / "tiny-clip.pt")
     assert all(not k.startswith(("backbone.transformer", "backbone.conv1", "text_encoder.")) for k in report.kept_initial)
     tokens = tokenize(["a photo of a red striped", "a photo of a blue dotted"], context_length=cfg.context_length)

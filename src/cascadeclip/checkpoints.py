@@ -117,6 +117,16 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def save_openai_archive(clip: torch.nn.Module, path: str | Path, image_size: int, context_length: int) -> None:
+    """Trace an open_clip `CLIP` into a TorchScript archive: the container and key layout of OpenAI's `ViT-B-16.pt`,
+    so that `read_openai_clip` reads it like the real file. Written atomically."""
+    example = (torch.zeros(1, 3, image_size, image_size), torch.zeros(1, context_length, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warns about Python control flow that is constant here
+        traced = torch.jit.trace_module(clip, {"forward": example}, check_trace=False)
+    atomic_write(Path(path), lambda tmp: traced.save(str(tmp)))
+
+
 def text_config_from_clip(state: dict[str, torch.Tensor], prefix: str = "") -> TextEncoderConfig:
     """The text tower's sizes, read from CLIP weights (heads = width / 64, as in every OpenAI CLIP)."""
     width = state[f"{prefix}ln_final.weight"].shape[0]

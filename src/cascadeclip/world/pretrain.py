@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import tokenize
 from tqdm import tqdm
 
+from ..checkpoints import save_openai_archive
 from ..class_names import WORLD_CLASSES, WORLD_UNSEEN
 from ..text_embeddings import SINGLE_TEMPLATE
 from ..transforms import normalize
@@ -137,14 +137,6 @@ def zero_shot_accuracy(clip: CLIP, cfg: TinyClipConfig, classes: tuple[int, ...]
     return correct / (per_class * len(classes))
 
 
-def save_openai_archive(clip: CLIP, path: Path, cfg: TinyClipConfig) -> None:
-    """Trace `clip` into a TorchScript archive: the container and key layout of OpenAI's `ViT-B-16.pt`."""
-    example = (torch.zeros(1, 3, cfg.image_size, cfg.image_size), torch.zeros(1, cfg.context_length, dtype=torch.long))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracing warns about Python control flow that is constant here
-        torch.jit.trace_module(clip, {"forward": example}, check_trace=False).save(str(path))
-
-
 def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """The archive of the tiny CLIP for `cfg` and its facts (losses, zero-shot accuracies), pretrained on first use
     and cached under the world's cache folder, keyed by the whole configuration (seed included)."""
@@ -158,7 +150,7 @@ def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progres
             "zero_shot_accuracy_unseen": zero_shot_accuracy(clip, cfg, unseen),
             "zero_shot_accuracy_seen": zero_shot_accuracy(clip, cfg, seen),
         }
-        save_openai_archive(clip, folder / ARCHIVE_NAME, cfg)
+        save_openai_archive(clip, folder / ARCHIVE_NAME, cfg.image_size, cfg.context_length)
         (folder / "facts.json").write_text(json.dumps(facts))
 
     folder = cached_folder("tiny-clip", {"version": WORLD_VERSION, **dataclasses.asdict(cfg)}, build, cache)
