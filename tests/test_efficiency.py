@@ -6,12 +6,19 @@ Speed itself is measured by benchmarks/efficiency.py, not here.
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model_config
 
+from cascadeclip import acceleration
+from cascadeclip.acceleration import _attention as attention
+from cascadeclip.acceleration import _onednn_linear as onednn_linear
 from cascadeclip.acceleration import fast_inference, use_fast_path
 from cascadeclip.cli.main import main
 from cascadeclip.efficiency import count_flops
@@ -45,16 +52,37 @@ def test_fast_path_logits_equal_the_reference(size):
     assert reference.abs().max() > 100 * FAST_PATH_ATOL  # the comparison is not between near-zero outputs
 
 
-def test_fast_path_in_bf16_predicts_like_fp32():
+def test_fast_path_in_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32():
     model = use_fast_path(tiny_model())
     images, text = torch.randn(2, 3, 64, 64), text_embeddings(5)
+    dtypes = {}
+    model.backbone.register_forward_hook(lambda module, args, out: dtypes.update(encoder=out[0][0].dtype))
+    model.decode_head.register_forward_hook(lambda module, args, out: dtypes.update(head=out.dtype))
     with fast_inference("cpu", "fp32"):
         fp32 = model(images, text)
     with fast_inference("cpu", "bf16"):
         bf16 = model(images, text)
-    assert bf16.dtype == torch.bfloat16
+    assert dtypes == {"encoder": torch.bfloat16, "head": torch.float32} and bf16.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: logits of order 1 agree to a few 1e-2, not to fp32 precision.
-    torch.testing.assert_close(bf16.float(), fp32, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(bf16, fp32, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_cpu_attention_equals_pytorch(dtype, monkeypatch):
+    calls = []
+    monkeypatch.setattr(acceleration, "_attention", lambda *a, **k: calls.append(1) or attention(*a, **k))
+    torch.manual_seed(0)
+    # Heads split off a (B, L, H*d) tensor, as the models do: strided, not contiguous.
+    q, k, v = (torch.randn(3, n, 4 * 16).unflatten(-1, (4, 16)).transpose(1, 2).to(dtype) for n in (300, 270, 270))
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.3)
+    with torch.inference_mode(), acceleration.fast_cpu_kernels():
+        fast = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(300, 270, dtype=torch.bool))
+    assert len(calls) == 1  # the fast kernel ran once; the masked call went to PyTorch's
+    # fp32: float rounding of sums over 270 keys; bf16: 8-bit mantissas of inputs and logits.
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(fast.double(), expected, atol=tolerance, rtol=tolerance)
+    assert masked.shape == fast.shape
 
 
 def hand_count_multiply_adds(cfg, num_classes: int, prompts_as_keys: bool) -> int:
@@ -144,3 +172,33 @@ def test_fast_path_slide_scores_equal_the_reference():
     assert fast.is_contiguous(memory_format=torch.channels_last)  # the fast path's layout reached the output
     torch.testing.assert_close(fast, reference, atol=FAST_PATH_ATOL, rtol=0)
     assert torch.equal(fast.argmax(dim=1), reference.argmax(dim=1))
+
+
+def test_glibc_keeps_freed_memory():
+    # mallopt returns 0 for a value out of its range, so this fails if a threshold is set beyond glibc's limits.
+    assert acceleration.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_command_line_loads_pytorch_after_choosing_huge_pages(monkeypatch):
+    # PyTorch reads THP_MEM_ALLOC_ENABLE once, when it loads: importing the entry point must not load it.
+    probe = "import sys, cascadeclip.cli.main; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the user's choice wins
+    main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+def test_fast_cpu_products_with_a_matrix_equal_pytorch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(acceleration, "_onednn_linear", lambda *a: calls.append(1) or onednn_linear(*a))
+    torch.manual_seed(0)
+    x, matrix, batch = torch.randn(2, 9, 16)[:, 1:], torch.randn(16, 8), torch.randn(2, 16, 8)
+    with torch.inference_mode(), acceleration.fast_cpu_kernels():
+        fast = [x @ matrix, torch.matmul(x, matrix), x @ batch]
+    assert len(calls) == 2  # x @ matrix both ways; a batched product stays with PyTorch
+    for product, expected in zip(fast, [x @ matrix, x @ matrix, x @ batch]):
+        torch.testing.assert_close(product, expected, atol=1e-5, rtol=1e-5)  # float rounding of sums of 16 terms

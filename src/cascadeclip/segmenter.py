@@ -111,7 +111,7 @@ class Segmenter:
         mode: "slide" (512 windows, stride 426, as the authors evaluate) or "whole" (one forward per image).
         short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
         crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
-        bf16: run the model under bfloat16 autocast.
+        bf16: run the image encoder under bfloat16 autocast (the head stays in fp32).
         cache_dir: folder of the text-embedding cache (default: see `text_cache.cache_dir`).
     """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import UserError
@@ -49,6 +50,10 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Transparent huge pages for PyTorch's CPU tensors of 2 MB and more (read once, when PyTorch loads; the user's
+    # setting wins). Each large activation is otherwise faulted in 4 kB at a time: the upsampling of 171 classes'
+    # logits to 512x512 took about 70 ms instead of 16 (fp32, channels-last, two threads, AMD EPYC Zen 5).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = parse_arguments(build_parser(), argv)
     try:
         return args.run(args)

@@ -29,18 +29,6 @@ def resize_positional_grid(grid_rows: torch.Tensor, size: tuple[int, int]) -> to
     return grid.permute(0, 2, 3, 1).reshape(size[0] * size[1], width)
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, H, L, d) queries, (B, H, S, d) keys and values -> (B, H, L, d), scaled by 1/sqrt(d).
-
-    PyTorch's fused kernel, except in bf16 on the CPU: there its flash kernel took 36 ms where two bf16 matrix
-    products and a softmax took 15 to 36, depending on the memory traffic of the other core (one ViT-B block at
-    512x512, one thread, AMD EPYC Zen 5, torch 2.14.1), at the cost of holding the (B, H, L, S) logits.
-    """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-    return F.scaled_dot_product_attention(q, k, v)
-
-
 def prompted_block(block: ResidualAttentionBlock, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
     """One open_clip block in which the prompt tokens serve as keys and values only.
 
@@ -63,7 +51,7 @@ def prompted_block(block: ResidualAttentionBlock, x: torch.Tensor, prompts: torc
     prompt_k, prompt_v = F.linear(block.ln_1(prompts), kv_weight, kv_bias).chunk(2, dim=-1)
     k, v = torch.cat([k, prompt_k], dim=1), torch.cat([v, prompt_v], dim=1)
     q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
-    attended = softmax_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
     x = x + block.ls_1(attn.out_proj(attended))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
