@@ -3,7 +3,7 @@
 Measures, for a whole-image forward of batch 1 (default 512x512, the COCO configuration: T = 50, 171 classes):
   (a) the bare CLIP ViT-B/16 image encoder (open_clip's VisionTransformer, random weights, full size);
   (b) the full Cascade-CLIP forward, fast path, fp32;
-  (c) the same in bf16 (the bare encoder too, for its own ratio);
+  (c) the same in bf16, the image encoder's weights stored in bf16 (the bare encoder too, for its own ratio);
   (d) the machine's matrix-multiply peak (fp32 and bf16; the best of PyTorch's BLAS and oneDNN on square matrices);
 and reports b/a, c/b, the achieved GFLOP/s as a share of (d), the reference computation in plain PyTorch, peak
 memory against weights + live activations, bf16 agreement with fp32, and FPS under the paper's protocol (with fewer
@@ -21,6 +21,7 @@ figure; nothing is tuned to them.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -37,7 +38,13 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from PIL import Image
 
-from cascadeclip.acceleration import fast_cpu_kernels, fast_inference, keep_freed_memory, use_fast_path
+from cascadeclip.acceleration import (
+    encoder_in_bf16,
+    fast_cpu_kernels,
+    fast_inference,
+    keep_freed_memory,
+    use_fast_path,
+)
 from cascadeclip.efficiency import (
     ActivationTracker,
     Timing,
@@ -83,6 +90,22 @@ def forward_with_bf16_head(model: CascadeCLIP, images: torch.Tensor, text: torch
     maps, global_embedding = model.backbone(images)
     logits = model.decode_head(maps, global_embedding, text).contiguous(memory_format=torch.channels_last)
     return upsample(logits, images.shape[-2:])
+
+
+def interleaved_timings(calls: dict[str, tuple], repeats: int, warmup: int) -> dict[str, Timing]:
+    """Seconds per call of each (forward, precision), timed in turns: every round calls each forward once, so that a
+    machine whose speed drifts during the run (a shared host) slows every row alike. Precision None: plain PyTorch
+    inference (its own MKL linears and MHA fast path), outside the fast-path context."""
+    seconds = {name: [] for name in calls}
+    for round_index in range(warmup + repeats):
+        for name, (forward, precision) in calls.items():
+            with torch.inference_mode() if precision is None else fast_inference(CPU, precision):
+                start = time.perf_counter()
+                forward()
+                elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                seconds[name].append(elapsed)
+    return {name: Timing.of(times) for name, times in seconds.items()}
 
 
 def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> dict:
@@ -151,50 +174,49 @@ def main() -> None:
     flops["Cascade-CLIP reference"] = count_flops(use_fast_path(model, False), images, text)
     flops["Cascade-CLIP fast"] = count_flops(use_fast_path(model, True), images, text)
 
-    def timed(fn, precision: str | None) -> Timing:
-        """precision None: plain PyTorch inference (its own MKL linears and MHA fast path), no fast-path context."""
-        if precision is None:
-            with torch.inference_mode():
-                return time_calls(fn, CPU, args.repeats, args.warmup)
-        with fast_inference(CPU, precision):
-            return time_calls(fn, CPU, args.repeats, args.warmup)
-
-    rows = {}
+    reference = use_fast_path(copy.deepcopy(model), False)
+    model16, vit16 = encoder_in_bf16(copy.deepcopy(model)), copy.deepcopy(vit).to(torch.bfloat16)
+    bare, fast = "bare ViT-B/16", "Cascade-CLIP fast"
+    calls = {  # row: (FLOPs of, forward, precision of the fast-path context or None for plain PyTorch)
+        "(a) bare ViT-B/16, fp32": (bare, lambda: bare_vit_forward(vit, images), "fp32"),
+        "(b) Cascade-CLIP fast path, fp32": (fast, lambda: model(images, text), "fp32"),
+        "bare ViT-B/16, bf16": (bare, lambda: bare_vit_forward(vit16, images), "bf16"),
+        "(c) Cascade-CLIP fast path, bf16": (fast, lambda: model16(images, text), "bf16"),
+        "Cascade-CLIP fast path, head in bf16 too, bf16": (fast, lambda: forward_with_bf16_head(model16, images, text), "bf16"),
+        "bare ViT-B/16, open_clip's forward, fp32": (bare, lambda: vit(images), "fp32"),
+        "bare ViT-B/16, open_clip's forward, bf16": (bare, lambda: vit16(images), "bf16"),
+        "Cascade-CLIP reference, plain PyTorch fp32": ("Cascade-CLIP reference", lambda: reference(images, text), None),
+        "bare ViT-B/16, plain PyTorch fp32": (bare, lambda: vit(images), None),
+    }
     print("timing ...", flush=True)
-    rows["(a) bare ViT-B/16, fp32"] = ("bare ViT-B/16", timed(lambda: bare_vit_forward(vit, images), "fp32"))
-    rows["(b) Cascade-CLIP fast path, fp32"] = ("Cascade-CLIP fast", timed(lambda: model(images, text), "fp32"))
-    rows["bare ViT-B/16, bf16"] = ("bare ViT-B/16", timed(lambda: bare_vit_forward(vit, images), "bf16"))
-    rows["(c) Cascade-CLIP fast path, bf16"] = ("Cascade-CLIP fast", timed(lambda: model(images, text), "bf16"))
-    rows["Cascade-CLIP fast path, head in bf16 too, bf16"] = (
-        "Cascade-CLIP fast", timed(lambda: forward_with_bf16_head(model, images, text), "bf16"))
-    rows["bare ViT-B/16, open_clip's forward, fp32"] = ("bare ViT-B/16", timed(lambda: vit(images), "fp32"))
-    rows["bare ViT-B/16, open_clip's forward, bf16"] = ("bare ViT-B/16", timed(lambda: vit(images), "bf16"))
-    use_fast_path(model, False)
-    rows["Cascade-CLIP reference, plain PyTorch fp32"] = (
-        "Cascade-CLIP reference", timed(lambda: model(images, text), None))
-    rows["bare ViT-B/16, plain PyTorch fp32"] = ("bare ViT-B/16", timed(lambda: vit(images), None))
-    use_fast_path(model, True)
+    # The rows of the targets take turns among themselves, then the others: a forward run between them changes
+    # the process's memory state (which blocks are free, whether huge pages are at hand), and a user's process
+    # runs one model.
+    groups = [[name for name in calls if name[0] == "(" or name == "bare ViT-B/16, bf16"]]
+    groups.append([name for name in calls if name not in groups[0]])
+    timings = {}
+    for group in groups:
+        timings |= interleaved_timings({name: calls[name][1:] for name in group}, args.repeats, args.warmup)
+    rows = {name: (calls[name][0], timing) for name, timing in timings.items()}
 
     print("matmul peak ...", flush=True)
     peak = {"fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
             "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats)}  # fmt: skip
 
     print("agreement, memory, FPS ...", flush=True)
-    predict, window_size = slide_predictor(model, text, cfg), tuple(images.shape[-2:])
+    window_size = tuple(images.shape[-2:])
     with fast_inference(CPU, "fp32"):
-        labels_fp32 = predict(images, window_size).argmax(dim=1)
-    with fast_inference(CPU, "bf16"):
-        labels_bf16 = predict(images, window_size).argmax(dim=1)
-    agreement = (labels_fp32 == labels_bf16).float().mean().item()
-    with fast_inference(CPU, "fp32"):
+        labels_fp32 = slide_predictor(model, text, cfg)(images, window_size).argmax(dim=1)
         logits_fp32 = model(images, text).argmax(dim=1)
     with fast_inference(CPU, "bf16"):
+        labels_bf16 = slide_predictor(model16, text, cfg)(images, window_size).argmax(dim=1)
         logits_agreement = {
-            "fast path": (model(images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
-            "head in bf16 too": (forward_with_bf16_head(model, images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
+            "fast path": (model16(images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
+            "head in bf16 too": (forward_with_bf16_head(model16, images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
         }
+    agreement = (labels_fp32 == labels_bf16).float().mean().item()
     memory = measure_memory(model, images, text)
-    fps = measure_fps(args, cfg, model, text)
+    fps = measure_fps(args, cfg, {"fp32": model, "bf16": model16}, text)
 
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -222,10 +244,10 @@ def main() -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 
 
-def measure_fps(args: argparse.Namespace, cfg, model: CascadeCLIP, text: torch.Tensor) -> dict:
-    """FPS under the paper's protocol on a generated image of the dataset's most common size, fp32 and bf16."""
+def measure_fps(args: argparse.Namespace, cfg, models: dict[str, CascadeCLIP], text: torch.Tensor) -> dict:
+    """FPS under the paper's protocol on a generated image of the dataset's most common size, per precision."""
     result = {"image_size": list(generated_image_size(cfg))}
-    for precision in ("fp32", "bf16"):
+    for precision, model in models.items():
         with fast_inference(CPU, precision):
             stream = protocol_images(cfg, args.fps_images)
             result[precision] = protocol_fps(slide_predictor(model, text, cfg), stream, CPU, warmup=args.fps_warmup)
@@ -254,7 +276,8 @@ def render(r: dict) -> str:
         "",
         f"Regenerated by `benchmarks/efficiency.py` on {r['date']} ({r['wall_seconds']} s). "
         f"Configuration `{r['config']}` ({r['classes']} classes), whole-image forward of batch 1 at {size}x{size}, "
-        f"random weights. {r['args']['repeats']} timed forwards per row after {r['args']['warmup']} untimed.",
+        f"random weights. {r['args']['repeats']} timed forwards per row after {r['args']['warmup']} untimed; the rows "
+        "(a), (b), bare bf16 and (c) take turns (one forward of each per round), then the other rows.",
         "",
         "## Machine",
         "",

@@ -19,7 +19,7 @@ from conftest import tiny_model_config
 from cascadeclip import acceleration
 from cascadeclip.acceleration import _attention as attention
 from cascadeclip.acceleration import _onednn_linear as onednn_linear
-from cascadeclip.acceleration import fast_inference, use_fast_path
+from cascadeclip.acceleration import encoder_in_bf16, fast_inference, use_fast_path
 from cascadeclip.cli.main import main
 from cascadeclip.efficiency import count_flops
 from cascadeclip.inference import predict_scores, seen_shift_vector
@@ -52,14 +52,19 @@ def test_fast_path_logits_equal_the_reference(size):
     assert reference.abs().max() > 100 * FAST_PATH_ATOL  # the comparison is not between near-zero outputs
 
 
-def test_fast_path_in_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32():
+@pytest.mark.parametrize("stored", [False, True], ids=["autocast", "encoder stored in bf16"])
+def test_fast_path_in_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32(stored):
     model = use_fast_path(tiny_model())
     images, text = torch.randn(2, 3, 64, 64), text_embeddings(5)
+    with fast_inference("cpu", "fp32"):
+        fp32 = model(images, text)
+    if stored:
+        encoder_in_bf16(model)
+        assert {p.dtype for p in model.backbone.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in model.decode_head.parameters()} == {torch.float32}
     dtypes = {}
     model.backbone.register_forward_hook(lambda module, args, out: dtypes.update(encoder=out[0][0].dtype))
     model.decode_head.register_forward_hook(lambda module, args, out: dtypes.update(head=out.dtype))
-    with fast_inference("cpu", "fp32"):
-        fp32 = model(images, text)
     with fast_inference("cpu", "bf16"):
         bf16 = model(images, text)
     assert dtypes == {"encoder": torch.bfloat16, "head": torch.float32} and bf16.dtype == torch.float32

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
-from .acceleration import fast_inference, use_fast_path
+from .acceleration import encoder_in_bf16, fast_inference, use_fast_path
 from .checkpoints import (
     AUTHORS_CHECKPOINTS_URL,
     OPENAI_VIT_B_16_URL,
@@ -111,7 +111,7 @@ class Segmenter:
         mode: "slide" (512 windows, stride 426, as the authors evaluate) or "whole" (one forward per image).
         short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
         crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
-        bf16: run the image encoder under bfloat16 autocast (the head stays in fp32).
+        bf16: run the image encoder in bfloat16, its weights converted in place (the head stays in fp32).
         cache_dir: folder of the text-embedding cache (default: see `text_cache.cache_dir`).
     """
 
@@ -137,6 +137,8 @@ class Segmenter:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_efficiency.py).
         self.model = use_fast_path(model.eval().to(self.device))
+        if bf16:
+            encoder_in_bf16(self.model)
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
         self.mode = mode

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='embed names with "a photo of a {}" only, instead of the 15-template ensemble')
     parser.add_argument("--short-side", type=int, help="resize the short side to this before inference (default: 512)")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="run the image encoder under bfloat16 autocast (the head stays in fp32)")
+    parser.add_argument("--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)")
     parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")  # fmt: skip
 
 

@@ -97,7 +97,7 @@ class ImageEncoder(nn.Module):
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) -> CLS and patch tokens (B, 1 + h*w, width) before block 0, and the token grid (h, w)."""
-        x = self.conv1(images)
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # the weights may be stored in bf16 for inference
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
