@@ -343,8 +343,8 @@ def render(r: dict) -> str:
         f"{bf16_peak / fp32_peak:.2f}x; a forward made of matrix products cannot gain more from bf16.",
         "- bf16 agreement, argmax of the whole-window logits against fp32: "
         + ", ".join(f"{name} {100 * share:.2f}%" for name, share in r["bf16_same_logit_argmax_share"].items())
-        + ". Random weights give logits of small spread between classes, hence near-ties: the head in bf16 flips "
-        "many of them, for the time difference between the two bf16 rows above.",
+        + ". Random weights give logits of small spread between classes, hence near-ties, which the head in bf16 "
+        "flips more often; the two bf16 rows above show what it would change in time.",
         "",
         "## Memory",
         "",

@@ -20,10 +20,14 @@ def seen_shift_vector(num_classes: int, seen: list[int] | tuple[int, ...], shift
 
 
 def class_scores(logits: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, H, W) logits -> sigmoid probabilities minus the per-class `shift` (C,)."""
-    scores = logits.float().sigmoid()
+    """(B, C, H, W) logits -> sigmoid probabilities minus the per-class `shift` (C,).
+
+    Consumes fp32 `logits` (computed in place): at full resolution each is hundreds of MB, and fresh memory of that
+    size costs page faults.
+    """
+    scores = logits.float().sigmoid_()
     if shift is not None:
-        scores = scores - shift.to(scores.device).view(1, -1, 1, 1)
+        scores.sub_(shift.to(scores.device).view(1, -1, 1, 1))
     return scores
 
 
@@ -71,7 +75,7 @@ def slide_scores(
         for (y0, x0, y1, x1), window_scores in zip(chunk, scores):
             total[0, :, y0:y1, x0:x1] += window_scores
             count[0, :, y0:y1, x0:x1] += 1
-    return total / count
+    return total.div_(count)
 
 
 @torch.no_grad()
