@@ -52,9 +52,9 @@ class CascadeCLIP(nn.Module):
         if not self.fast_path:
             return upsample(self.decode_head(maps, global_embedding, text), images.shape[-2:])
         # Mask logits are small differences between classes of larger dot products. Against fp32, a bf16 encoder
-        # with a bf16 head changed the class of 0.46% of the pixels, with an fp32 head 0.15%, and was no faster
-        # (benchmarks/RESULTS.md: random weights, 171 classes, 512x512). Channels-last upsampling of hundreds of
-        # classes is 2-4x faster on the CPU.
+        # with a bf16 head changed the class of 0.46% of the pixels, with an fp32 head 0.15%, at 0-4% more time
+        # (benchmarks/RESULTS.md and its earlier runs: random weights, 171 classes, 512x512). Channels-last
+        # upsampling of hundreds of classes is 2-4x faster on the CPU.
         with torch.autocast(images.device.type, enabled=False):
             logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
             return upsample(logits.contiguous(memory_format=torch.channels_last), images.shape[-2:])
