@@ -182,7 +182,8 @@ def main() -> None:
         "(b) Cascade-CLIP fast path, fp32": (fast, lambda: model(images, text), "fp32"),
         "bare ViT-B/16, bf16": (bare, lambda: bare_vit_forward(vit16, images), "bf16"),
         "(c) Cascade-CLIP fast path, bf16": (fast, lambda: model16(images, text), "bf16"),
-        "Cascade-CLIP fast path, head in bf16 too, bf16": (fast, lambda: forward_with_bf16_head(model16, images, text), "bf16"),
+        "Cascade-CLIP fast path, head in bf16 too, bf16": (
+            fast, lambda: forward_with_bf16_head(model16, images, text), "bf16"),
         "bare ViT-B/16, open_clip's forward, fp32": (bare, lambda: vit(images), "fp32"),
         "bare ViT-B/16, open_clip's forward, bf16": (bare, lambda: vit16(images), "bf16"),
         "Cascade-CLIP reference, plain PyTorch fp32": ("Cascade-CLIP reference", lambda: reference(images, text), None),
@@ -210,10 +211,8 @@ def main() -> None:
         logits_fp32 = model(images, text).argmax(dim=1)
     with fast_inference(CPU, "bf16"):
         labels_bf16 = slide_predictor(model16, text, cfg)(images, window_size).argmax(dim=1)
-        logits_agreement = {
-            "fast path": (model16(images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
-            "head in bf16 too": (forward_with_bf16_head(model16, images, text).argmax(dim=1) == logits_fp32).float().mean().item(),
-        }
+        logits_bf16 = {"fast path": model16(images, text), "head in bf16 too": forward_with_bf16_head(model16, images, text)}
+        logits_agreement = {name: (x.argmax(dim=1) == logits_fp32).float().mean().item() for name, x in logits_bf16.items()}
     agreement = (labels_fp32 == labels_bf16).float().mean().item()
     memory = measure_memory(model, images, text)
     fps = measure_fps(args, cfg, {"fp32": model, "bf16": model16}, text)

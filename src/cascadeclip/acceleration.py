@@ -72,7 +72,8 @@ class _FastCPUKernels(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             named = dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args)) | kwargs
             q, k, v = named["query"], named["key"], named["value"]
-            plain = named.get("attn_mask") is None and not any(named.get(n) for n in ("dropout_p", "is_causal", "enable_gqa"))
+            options = ("dropout_p", "is_causal", "enable_gqa")
+            plain = named.get("attn_mask") is None and not any(named.get(n) for n in options)
             if plain and q.dim() == 4 and q.shape[:2] == k.shape[:2] and _plain_cpu(q.dtype, q, k, v):
                 return _attention(q, k, v, named.get("scale") or q.shape[-1] ** -0.5)
         return func(*args, **kwargs)
@@ -149,7 +150,7 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block of 128 kB and more (up to 32 MB, adjusted as it goes) afresh and unmaps it when
     it is freed, and returns the top of its heap beyond 128 kB, so each forward paid the page faults of its
     activations again. Now every block comes from the heap, which keeps up to 1 GiB of free memory. The bf16 forward
-    of the COCO model at 512x512 took 469 ms instead of 617, of which its 179 MB upsampling 9 ms instead of 103
+    of the COCO model at 512x512 took 472 ms instead of 617, of which its 179 MB upsampling 9 ms instead of 103
     (timed in turns with the bare encoder and fp32, as benchmarks/efficiency.py does; two threads, AMD EPYC Zen 5).
     The setting is process-wide and lasts; other C libraries are left as they are.
     """
