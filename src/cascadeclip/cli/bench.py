@@ -10,8 +10,8 @@
   images when a data root is given, else on generated images of the dataset's most common size.
 
 Latency, memory and FPS use the fast path (`acceleration`; in bf16 with the image encoder's weights stored in bf16)
-unless --reference is given. Weights are random and
-class embeddings random unit vectors: neither changes the amount of work.
+unless --reference is given. Weights are random and class embeddings random unit vectors: neither changes the
+amount of work.
 """
 
 from __future__ import annotations
