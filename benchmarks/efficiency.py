@@ -27,11 +27,11 @@ import json
 import os
 import time
 import warnings
-
-# As `cascade-clip` does (see cli/main.py); PyTorch reads it once, when it loads.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from importlib.resources import files
 from pathlib import Path
+
+# As `cascade-clip` does (see cli/main.py); PyTorch reads it once, when it loads, so before the imports below.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch
 import torch.nn.functional as F
