@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeclip.acceleration import fast_inference, use_fast_path
-from cascadeclip.checkpoints import load_state, read_authors_checkpoint
+from cascadeclip.inference.fast_path import fast_inference, use_fast_path
+from cascadeclip.factory import load_state, read_authors_checkpoint
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
-from cascadeclip.inference import predict_scores, seen_shift_vector
+from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from cascadeclip.config import TextEncoderConfig, gaussian_stage_weights
-from cascadeclip.inference import predict_scores, seen_shift_vector, window_starts
+from cascadeclip.inference.predict import predict_scores, seen_shift_vector, window_starts
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses
-from cascadeclip.parameters import authors_parameter_counts, count_parameters
-from cascadeclip.presets import PRESETS, get_preset
+from cascadeclip.profiling.parameters import authors_parameter_counts, count_parameters
+from cascadeclip.config.presets import PRESETS, get_preset
 from conftest import tiny_model_config
 
 
@@ -138,8 +138,8 @@ def test_presets_follow_the_spec():
 
 
 def test_config_from_preset_yaml_and_overrides(tmp_path):
-    from cascadeclip.errors import UserError
-    from cascadeclip.presets import resolve_config
+    from cascadeclip.utils import UserError
+    from cascadeclip.config.presets import resolve_config
 
     (tmp_path / "small.yaml").write_text("preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n")
     cfg = resolve_config(str(tmp_path / "small.yaml"), ["train.lr=0.001", "model.head.stages=[[6]]"])

@@ -18,13 +18,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cascadeclip import Segmenter
-from cascadeclip.checkpoints import save_model
+from cascadeclip.factory import save_model
 from cascadeclip.cli.main import main
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.segmenter import upsampled_strips
 from cascadeclip.visualize import palette
 from conftest import tiny_model_config
-from test_checkpoints import make_openai_archive
+from test_factory import make_openai_archive
 
 SAMPLES = ("astronaut.png", "coffee.png", "chelsea.png")  # shipped inside scikit-image (no download)
 CLASSES = ["cat", "person", "coffee cup", "grass"]

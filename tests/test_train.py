@@ -22,10 +22,10 @@ from cascadeclip.data.datasets import get_layout, list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
 from cascadeclip.engine.schedule import learning_rate
 from cascadeclip.engine.trainer import train
-from cascadeclip.errors import UserError
+from cascadeclip.utils import UserError
 from cascadeclip.factory import load_checkpoint
 from cascadeclip.modeling.zero_shot import transductive_targets
-from cascadeclip.presets import get_preset
+from cascadeclip.config.presets import get_preset
 from conftest import tiny_model_config
 from tiny_datasets import make_voc_scenes
 

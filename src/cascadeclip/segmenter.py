@@ -24,38 +24,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
 
-from .acceleration import encoder_in_bf16, fast_inference, use_fast_path
-from .checkpoints import (
-    AUTHORS_CHECKPOINTS_URL,
-    OPENAI_VIT_B_16_URL,
-    CheckpointError,
-    clip_to_cascade_state,
-    read_openai_clip,
-    text_config_from_clip,
-)
 from .config import ModelConfig, TextEncoderConfig
-from .errors import UserError
-from .factory import load_checkpoint
-from .images import load_image
-from .inference import predict_scores
+from .data.images import load_image
+from .data.transforms import test_image_tensor
+from .factory import CheckpointError, load_segmentation_weights
+from .inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
+from .inference.predict import predict_scores
+from .inference.text_embeddings import TextEmbeddingCache, templates_for
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.text_encoder import TextEncoder
-from .text_cache import TextEmbeddingCache
-from .text_embeddings import templates_for
-from .transforms import test_image_tensor
+from .utils import UserError
+from .utils import cache_dir as default_cache_dir
 from .visualize import BACKGROUND_LABEL
 
 MAX_CLASSES = 255  # label PNGs hold one byte per pixel, and 255 is background
 BACKGROUND_NAME = "background"
 
-WEIGHTS_HELP = (
-    "Cascade-CLIP weights are needed. The authors publish six checkpoints (.pth; the COCO-Stuff ones know the most "
-    f"classes) at {AUTHORS_CHECKPOINTS_URL}: give one to --checkpoint as it is (they carry the CLIP text tower), or "
-    "convert it once with `cascade-clip convert FILE.pth OUT.safetensors` to load it without unpickling. A checkpoint "
-    f"without a text tower also needs OpenAI's CLIP weights ViT-B-16.pt ({OPENAI_VIT_B_16_URL}) as --clip-weights"
-)
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -104,7 +89,7 @@ class Segmenter:
 
     Args:
         model: the segmentation model (it runs on given class embeddings; its own text tower is not called); it is
-            switched in place to the fast computation of the same function (`acceleration.use_fast_path`).
+            switched in place to the fast computation of the same function (`inference.fast_path.use_fast_path`).
         text_encoder: the CLIP text tower that embeds class names.
         device: where to run; default CUDA when available, else CPU.
         templates: "multi" (15-template ensemble, default) or "single" ("a photo of a {}").
@@ -112,7 +97,7 @@ class Segmenter:
         short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
         crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
         bf16: run the image encoder in bfloat16, its weights converted in place (the head stays in fp32).
-        cache_dir: folder of the text-embedding cache (default: see `text_cache.cache_dir`).
+        cache_dir: folder of the text-embedding cache (default: see `utils.cache_dir`).
     """
 
     def __init__(
@@ -135,7 +120,7 @@ class Segmenter:
             raise CheckpointError(f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
                                   f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs")  # fmt: skip
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_efficiency.py).
+        # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
         self.model = use_fast_path(model.eval().to(self.device))
         if bf16:
             encoder_in_bf16(self.model)
@@ -148,7 +133,7 @@ class Segmenter:
         self.window_batch = window_batch
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(self.text_encoder, templates_for(templates),
-                                             Path(cache_dir) if cache_dir else None)  # fmt: skip
+                                             Path(cache_dir) if cache_dir else default_cache_dir())  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -189,7 +174,7 @@ class Segmenter:
         """Label map, per-class figures and (if `scores`) probability maps of one image, at its own resolution.
 
         Args:
-            image: a path, a PIL image or an (H, W[, C]) array (see `images.load_image`).
+            image: a path, a PIL image or an (H, W[, C]) array (see `data.images.load_image`).
             candidate_labels: the class names, any words.
             background: if given, pixels where no name's probability reaches it are labelled 255 (background).
         """
@@ -300,57 +285,3 @@ def _summarize(
         background_share=float(share[classes]),
         scores=full,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Weights
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def load_segmentation_weights(checkpoint: str | Path, clip_weights: str | Path | None = None) -> tuple[CascadeCLIP, TextEncoder]:
-    """(model, text tower) from a Cascade-CLIP checkpoint and, optionally, OpenAI CLIP weights for the text tower.
-
-    Raises UserError naming the missing or unsuitable file, with where to get the right one.
-    """
-    checkpoint = Path(checkpoint).expanduser()
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
-    if clip_weights is not None and not Path(clip_weights).expanduser().is_file():
-        raise UserError(f"CLIP weights {clip_weights} not found. Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}")
-    if _is_openai_clip_safetensors(checkpoint):
-        raise UserError(f"{checkpoint} holds OpenAI CLIP weights, not a Cascade-CLIP model: give it as --clip-weights "
-                        f"(clip_weights=...), and a Cascade-CLIP checkpoint as --checkpoint. {WEIGHTS_HELP}")  # fmt: skip
-    try:
-        model, _, _ = load_checkpoint(checkpoint, with_text_encoder=clip_weights is None)
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}. --checkpoint takes a Cascade-CLIP checkpoint (an authors' .pth or a "
-                              "cascadeclip .safetensors); OpenAI's ViT-B-16.pt goes to --clip-weights") from None  # fmt: skip
-    if clip_weights is not None:
-        return model, text_encoder_from_clip(clip_weights)
-    if model.text_encoder is None:
-        raise UserError(f"{checkpoint} has no CLIP text tower, which is needed to embed class names: pass OpenAI's "
-                        f"ViT-B-16.pt (from {OPENAI_VIT_B_16_URL}) as --clip-weights (clip_weights=...)")  # fmt: skip
-    return model, model.text_encoder
-
-
-def text_encoder_from_clip(path: str | Path) -> TextEncoder:
-    """The text tower of OpenAI CLIP weights (`.pt`, or converted to safetensors by `cascade-clip convert`)."""
-    state = read_openai_clip(path)
-    try:
-        cfg = text_config_from_clip(state)
-        mapped = clip_to_cascade_state(state, ModelConfig(text_encoder=cfg))
-        tower = TextEncoder(cfg)
-        tower.load_state_dict({k.removeprefix("text_encoder."): v for k, v in mapped.items() if k.startswith("text_encoder.")})
-    except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: the CLIP text tower cannot be read from these weights ({err})") from None
-    return tower.eval()
-
-
-def _is_openai_clip_safetensors(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == "openai-clip"
-    except Exception:  # not readable as safetensors: the checkpoint loader reports that
-        return False

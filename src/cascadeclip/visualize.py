@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .utils import IGNORE_INDEX
+
 IGNORE_COLOR = (0, 0, 0)
 
 
@@ -30,7 +32,7 @@ def palette(num_classes: int) -> np.ndarray:
     return grid[chosen[:num_classes]].round().astype(np.uint8)
 
 
-def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """(H, W) int labels -> (H, W, 3) uint8; ignored and out-of-range labels are black."""
     out = np.zeros((*labels.shape, 3), dtype=np.uint8)
     valid = (labels != ignore_index) & (labels >= 0) & (labels < len(colors))
@@ -42,7 +44,7 @@ def overlay(image: Image.Image, labels: np.ndarray, colors: np.ndarray, alpha: f
     """Blend the colour-coded labels over the RGB image (same size); ignored pixels keep the image."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     coloured = colorize(labels, colors).astype(np.float32)
-    valid = (labels != 255)[..., None]
+    valid = (labels != IGNORE_INDEX)[..., None]
     blended = np.where(valid, (1 - alpha) * rgb + alpha * coloured, rgb)
     return Image.fromarray(blended.round().astype(np.uint8))
 
@@ -91,7 +93,7 @@ def side_by_side(panels: list[Image.Image], titles: list[str] | None = None, gap
 
 def present_legend(labels: np.ndarray, names: list[str], colors: np.ndarray, height: int) -> Image.Image:
     """Legend of only the classes that occur in `labels`, by decreasing pixel share."""
-    ids, counts = np.unique(labels[(labels != 255) & (labels < len(names))], return_counts=True)
+    ids, counts = np.unique(labels[(labels != IGNORE_INDEX) & (labels < len(names))], return_counts=True)
     order = ids[np.argsort(-counts, kind="stable")]
     return legend([names[i] for i in order], colors[order], height)
 
@@ -100,7 +102,7 @@ def present_legend(labels: np.ndarray, names: list[str], colors: np.ndarray, hei
 # Segmentation overlays with a legend strip (`cascade-clip segment`)
 # ----------------------------------------------------------------------------------------------------------------
 
-BACKGROUND_LABEL = 255
+BACKGROUND_LABEL = IGNORE_INDEX  # pixels no class claims are left untinted, as ignored pixels are
 
 
 @dataclass

@@ -9,7 +9,7 @@
   copy to the CPU timed; the first images are warm-up, FPS = timed images / their summed time. On the validation
   images when a data root is given, else on generated images of the dataset's most common size.
 
-Latency, memory and FPS use the fast path (`acceleration`; in bf16 with the image encoder's weights stored in bf16)
+Latency, memory and FPS use the fast path (`inference.fast_path`; in bf16 with the image encoder's weights stored in bf16)
 unless --reference is given. Weights are random and class embeddings random unit vectors: neither changes the
 amount of work.
 """
@@ -24,24 +24,18 @@ import warnings
 
 import torch
 
-from ..acceleration import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
-from ..checkpoints import atomic_write
+from ..inference.fast_path import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
+from ..utils import atomic_write
 from ..config import Config, TextEncoderConfig
-from ..efficiency import (
-    count_flops,
-    generated_image_size,
-    machine_description,
-    peak_memory,
-    protocol_fps,
-    protocol_images,
-    slide_predictor,
-    tensor_bytes,
-    time_calls,
-)
-from ..errors import UserError
+from ..profiling.flops import count_flops
+from ..profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
+from ..profiling.machine import machine_description
+from ..profiling.memory import peak_memory, tensor_bytes
+from ..profiling.timing import time_calls
+from ..utils import UserError
 from ..modeling.cascade_clip import CascadeCLIP
-from ..parameters import ParameterCounts, authors_parameter_counts, count_parameters
-from ..presets import resolve_config
+from ..profiling.parameters import ParameterCounts, authors_parameter_counts, count_parameters
+from ..config.presets import resolve_config
 
 HELP = "measure parameters, FLOPs, latency, FPS (the paper's protocol) and peak memory of a configuration"
 

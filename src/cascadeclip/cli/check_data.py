@@ -9,7 +9,7 @@ import argparse
 
 from ..data.check import SplitReport, check_split
 from ..data.datasets import DATA_ROOT_ENV, LAYOUTS, data_root
-from ..errors import UserError
+from ..utils import UserError
 
 HELP = "check a dataset root: images and labels per split, missing files, unreadable labels, values out of range"
 SHOWN = 10  # problems listed per kind; the rest are counted

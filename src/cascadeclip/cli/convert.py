@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from ..checkpoints import CheckpointError, atomic_write, guess_authors_config, read_authors_checkpoint, read_openai_clip, save_model
-from ..errors import UserError
-from ..factory import model_from_authors_state
-from ..presets import PRESETS, get_preset
+from ..config.presets import PRESETS, get_preset
+from ..factory import (
+    CheckpointError,
+    guess_authors_config,
+    model_from_authors_state,
+    read_authors_checkpoint,
+    read_openai_clip,
+    save_model,
+    save_openai_clip,
+)
+from ..utils import UserError
 
 HELP = "convert an authors' Cascade-CLIP .pth or OpenAI's CLIP .pt to safetensors (reads a pickle: trusted files only)"
 
@@ -31,7 +36,7 @@ def _convert_clip(args: argparse.Namespace) -> bool:
         state = read_openai_clip(args.source)
     except CheckpointError:
         return False
-    atomic_write(args.output, lambda tmp: save_file(state, str(tmp), metadata={"format": "openai-clip"}))
+    save_openai_clip(state, args.output)
     print(f"wrote OpenAI CLIP weights ({len(state)} tensors, fp32) to {args.output}; use it as --clip-weights")
     return True
 

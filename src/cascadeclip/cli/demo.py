@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..text_cache import CACHE_ENV
+from ..utils import CACHE_ENV
 from ..world.protocol import WorldRecipe, run_protocol
 from ..world.report import HEADLINE, headline, percent, write_report
 

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from ..errors import UserError
+from ..utils import UserError
 
 # command name -> module in cascadeclip.cli
 SUBCOMMANDS = {

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..utils import IGNORE_INDEX, UserError
 
 DATA_ROOT_ENV = "CASCADECLIP_DATA_ROOT"
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

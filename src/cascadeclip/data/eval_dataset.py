@@ -13,11 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import UserError
-from ..transforms import test_image_tensor
-from .datasets import (
-    Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_label,
-)  # fmt: skip
+from ..utils import UserError
+from .transforms import test_image_tensor
+from .datasets import Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_label  # fmt: skip
 
 
 class EvalDataset(Dataset):

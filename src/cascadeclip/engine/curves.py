@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..checkpoints import atomic_write  # noqa: E402
+from ..utils import atomic_write  # noqa: E402
 
 
 def read_log(path: Path) -> list[dict]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import atomic_write
-from ..errors import UserError
+from ..utils import atomic_write
+from ..utils import UserError
 
 _CHECKPOINT = re.compile(r"^iter_(\d+)\.safetensors$")
 

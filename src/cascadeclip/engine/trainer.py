@@ -20,17 +20,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoints import save_model
+from ..factory import save_model
 from ..config import Config, save_yaml
 from ..data.datasets import get_layout, list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream
-from ..distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from ..errors import UserError
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from ..utils import UserError
 from ..evaluation import evaluate
 from ..factory import create_model, load_checkpoint
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.zero_shot import training_losses
-from ..text_embeddings import class_embeddings
+from ..inference.text_embeddings import class_embeddings
 from .curves import plot_curves
 from .run_directory import RunDirectory
 from .schedule import learning_rate

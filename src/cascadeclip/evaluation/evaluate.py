@@ -15,15 +15,16 @@ from tqdm import tqdm
 
 from ..config import ClassesConfig, Config, TestConfig
 from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
-from ..distributed import all_gather_objects, rank_and_world_size
-from ..errors import UserError
+from ..engine.distributed import all_gather_objects, rank_and_world_size
+from ..utils import UserError
 from ..factory import load_text_encoder
-from ..inference import predict_scores, seen_shift_vector
+from ..inference.predict import predict_scores, seen_shift_vector
 from ..modeling.cascade_clip import CascadeCLIP
-from ..text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
+from ..inference.text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
 from .metric import IoUAccumulator
 
-Prediction = Callable[[dict[str, Any], torch.Tensor], None]
+# on_prediction(sample dict, (H, W) int64 prediction on the CPU), after each image
+PredictionCallback = Callable[[dict[str, Any], torch.Tensor], None]
 
 
 def evaluate(
@@ -37,7 +38,7 @@ def evaluate(
     device: torch.device | str | None = None,
     skip_bad: bool = False,
     progress: bool = False,
-    on_prediction: Prediction | None = None,
+    on_prediction: PredictionCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on the `cfg.classes.dataset` split with the paper's protocol; returns the metric dict.
 
@@ -118,7 +119,7 @@ def evaluate_samples(
     device: torch.device | str | None = None,
     skip_bad: bool = False,
     progress: bool = False,
-    on_prediction: Prediction | None = None,
+    on_prediction: PredictionCallback | None = None,
 ) -> dict[str, Any]:
     """Score `model` on `samples` and return the metrics of `IoUAccumulator.results` plus "skipped" (see `evaluate`).
 

@@ -15,9 +15,9 @@ import math
 import numpy as np
 import torch
 
-from ..distributed import all_reduce_sum
+from ..engine.distributed import all_reduce_sum
+from ..utils import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 
 
 class IoUAccumulator:

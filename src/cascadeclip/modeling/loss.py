@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..distributed import all_reduce_sum, is_distributed
+from ..engine.distributed import all_reduce_sum, is_distributed
+from ..utils import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 
 
 def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

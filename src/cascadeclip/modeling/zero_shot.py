@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .loss import IGNORE_INDEX, cascade_loss
+from ..utils import IGNORE_INDEX
+from .loss import cascade_loss
 
 
 def inductive_targets(labels: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:

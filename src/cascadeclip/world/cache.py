@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..text_cache import cache_dir
+from ..utils import cache_dir
 
 
 def content_key(recipe: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from ..data.datasets import get_layout, list_samples, read_label
 from ..engine.trainer import train
 from ..evaluation import IoUAccumulator, evaluate
 from ..factory import load_checkpoint
-from ..presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
+from ..config.presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
 from .cache import cached_folder
 from .dataset import write_dataset
 from .pretrain import TinyClipConfig, pretrained_tiny_clip

@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..checkpoints import atomic_write  # noqa: E402
-from ..data.datasets import IGNORE_INDEX, get_layout, list_samples, read_image, read_label  # noqa: E402
+from ..utils import atomic_write  # noqa: E402
+from ..data.datasets import get_layout, list_samples, read_image, read_label  # noqa: E402
+from ..utils import IGNORE_INDEX  # noqa: E402
 from ..engine.curves import read_log  # noqa: E402
 from ..visualize import legend, overlay, palette, side_by_side  # noqa: E402
 from .protocol import ProtocolResult, WorldRecipe  # noqa: E402

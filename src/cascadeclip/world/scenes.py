@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS
+from ..config.class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS
 
 # Hues (degrees) about 72 apart, so that the training pipeline's hue jitter (up to 36 degrees) rarely carries one
 # colour into another's half of the gap.

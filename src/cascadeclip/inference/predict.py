@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .modeling.cascade_clip import CascadeCLIP
+from ..modeling.cascade_clip import CascadeCLIP
 
 
 def seen_shift_vector(num_classes: int, seen: list[int] | tuple[int, ...], shift: float) -> torch.Tensor:

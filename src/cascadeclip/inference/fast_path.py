@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .modeling.cascade_clip import CascadeCLIP
+from ..modeling.cascade_clip import CascadeCLIP
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

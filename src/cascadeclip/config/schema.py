@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses with the reference values as defaults.
 
-A run's configuration is a `Config`. Presets (`cascadeclip.presets`) fill it in for the eight configurations of
+A run's configuration is a `Config`. Presets (`cascadeclip.config.presets`) fill it in for the eight configurations of
 the authors; YAML files and `key=value` command-line overrides are merged over it with `apply_overrides`, and the
 resolved result is saved beside every run as YAML.
 """

@@ -22,29 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from .class_names import (
-    COCO_STUFF_CLASSES,
-    COCO_STUFF_UNSEEN,
-    CONTEXT_CLASSES,
-    CONTEXT_UNSEEN,
-    VOC_CLASSES,
-    VOC_UNSEEN,
-    WORLD_CLASSES,
-    WORLD_UNSEEN,
-)
-from .config import (
-    ClassesConfig,
-    Config,
-    DataConfig,
-    HeadConfig,
-    ImageEncoderConfig,
-    ModelConfig,
-    TestConfig,
-    TrainConfig,
-    apply_overrides,
-    merge,
-)
-from .errors import UserError
+from .class_names import COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN, CONTEXT_CLASSES, CONTEXT_UNSEEN, VOC_CLASSES, VOC_UNSEEN, WORLD_CLASSES, WORLD_UNSEEN
+from .schema import ClassesConfig, Config, DataConfig, HeadConfig, ImageEncoderConfig, ModelConfig, TestConfig, TrainConfig, apply_overrides, merge
+from ..utils import UserError
 
 _DATASETS = {
     # dataset: (class names, unseen, prompt tokens, embeddings file, templates)

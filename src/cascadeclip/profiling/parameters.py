@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import HeadConfig
+from ..config import HeadConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cascadeclip.checkpoints import CheckpointError, load_state, read_openai_clip, save_model, save_openai_archive
+from cascadeclip.factory import CheckpointError, load_state, read_openai_clip, save_model, save_openai_archive
 from cascadeclip.cli.main import main
 from cascadeclip.config import ClassesConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from cascadeclip.factory import create_model, load_checkpoint

@@ -1,0 +1,41 @@
+"""Configuration: typed dataclasses (`schema`), the authors' configurations (`presets`), class lists (`class_names`)."""
+
+from .presets import PRESETS, get_preset, resolve_config
+from .schema import (
+    ClassesConfig,
+    Config,
+    DataConfig,
+    HeadConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    TestConfig,
+    TextEncoderConfig,
+    TrainConfig,
+    apply_overrides,
+    gaussian_stage_weights,
+    merge,
+    parse_override,
+    save_yaml,
+    to_dict,
+)
+
+__all__ = [
+    "PRESETS",
+    "ClassesConfig",
+    "Config",
+    "DataConfig",
+    "HeadConfig",
+    "ImageEncoderConfig",
+    "ModelConfig",
+    "TestConfig",
+    "TextEncoderConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "gaussian_stage_weights",
+    "get_preset",
+    "merge",
+    "parse_override",
+    "resolve_config",
+    "save_yaml",
+    "to_dict",
+]

@@ -1,0 +1,41 @@
+"""What a measurement ran on: CPU model and instruction sets, threads, memory, GPU, library versions, load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def machine_description() -> dict:
+    """CPU model and relevant instruction-set flags, threads, memory, GPU, library versions, load average."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        if match := re.search(r"model name\s*:\s*(.+)", text):
+            cpu = match.group(1).strip()
+        if match := re.search(r"flags\s*:\s*(.+)", text):
+            flags = set(match.group(1).split())
+    description = {
+        "cpu": cpu,
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST} if flags else {},
+        "logical_cpus": torch.multiprocessing.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn": torch.backends.mkldnn.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+    meminfo_file = Path("/proc/meminfo")
+    if meminfo_file.is_file():
+        meminfo = meminfo_file.read_text()
+        description["memory_gb"] = round(int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) / 2**20, 1)
+        description["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return description

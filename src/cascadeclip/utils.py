@@ -1,0 +1,52 @@
+"""What many modules share: the error type for bad input, atomic writes, the cache folder, the ignore label.
+
+Imports nothing heavy: the command line imports it before it chooses PyTorch's allocator options.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Label of pixels that are not scored and not trained on (VOC's object borders, Context's and VOC's background after
+# the reduction of label 0, COCO-Stuff's unlabelled pixels), as in the authors' data; also the background of
+# `cascade-clip segment`'s label maps.
+IGNORE_INDEX = 255
+
+CACHE_ENV = "CASCADECLIP_CACHE"
+
+
+class UserError(ValueError):
+    """Bad input from the user (a file, an option, a configuration). The message says which and what to do.
+
+    The command line prints its message, without a traceback, and exits with 2.
+    """
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def cache_dir() -> Path:
+    """The cache folder: $CASCADECLIP_CACHE, else $XDG_CACHE_HOME/cascadeclip, else ~/.cache/cascadeclip."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "cascadeclip"
