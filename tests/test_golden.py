@@ -101,9 +101,15 @@ def test_golden_slide_scores(golden):
     out_size = tuple(io["slide_scores"].shape[-2:])
     for window_batch in (1, 4):  # windows one by one and batched give the same scores
         scores = predict_scores(
-            model, io["slide_image"], text, shift, crop=case["img_size"], stride=case["stride"],
-            window_batch=window_batch, out_size=out_size,
-        )  # fmt: skip
+            model,
+            io["slide_image"],
+            text,
+            shift,
+            crop=case["img_size"],
+            stride=case["stride"],
+            window_batch=window_batch,
+            out_size=out_size,
+        )
         torch.testing.assert_close(scores, io["slide_scores"], atol=OUTPUT_ATOL, rtol=0)
 
 
@@ -116,7 +122,9 @@ def test_golden_losses(golden):
     for layer in model.decode_head.modules():
         if hasattr(layer, "attn_dropout"):
             layer.attn_dropout = 0.0
-    losses = training_losses(model, io["images"], io["labels"], text, meta["seen"], meta["unseen"], meta["case"]["setting"])
+    losses = training_losses(
+        model, io["images"], io["labels"], text, meta["seen"], meta["unseen"], meta["case"]["setting"]
+    )
     assert losses["loss_focal"].item() == pytest.approx(meta["loss"]["decode.loss_mask"], rel=LOSS_RTOL)
     assert losses["loss_dice"].item() == pytest.approx(meta["loss"]["decode.loss_dice"], rel=LOSS_RTOL)
     torch.testing.assert_close(losses["loss_focal"], io["loss_mask"], rtol=LOSS_RTOL, atol=0)

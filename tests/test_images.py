@@ -31,7 +31,13 @@ def odd_images(folder) -> dict[str, tuple[int, int]]:
     Image.fromarray(rgba).save(folder / "rgba.png")
     Image.fromarray(np.full((24, 24, 3), (0, 0, 255), dtype=np.uint8)).convert("P").save(folder / "palette.gif")
     Image.fromarray(np.array([[0, 32896, 65535]] * 8, dtype=np.uint16)).save(folder / "sixteen.png")
-    return {"rotated.jpg": (20, 40), "grey.png": (64, 30), "rgba.png": (50, 30), "palette.gif": (24, 24), "sixteen.png": (3, 8)}
+    return {
+        "rotated.jpg": (20, 40),
+        "grey.png": (64, 30),
+        "rgba.png": (50, 30),
+        "palette.gif": (24, 24),
+        "sixteen.png": (3, 8),
+    }
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -94,7 +100,14 @@ def test_segment_reads_every_kind_at_its_displayed_size(tmp_path, monkeypatch):
     save_model(tmp_path / "tiny.safetensors", CascadeCLIP(tiny_model_config(with_text=True)))
     (tmp_path / "in").mkdir()
     sizes = odd_images(tmp_path / "in")
-    args = ["segment", str(tmp_path / "in"), "--classes", "sky, tree", "--checkpoint", str(tmp_path / "tiny.safetensors")]
+    args = [
+        "segment",
+        str(tmp_path / "in"),
+        "--classes",
+        "sky, tree",
+        "--checkpoint",
+        str(tmp_path / "tiny.safetensors"),
+    ]
     assert main([*args, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     for name, size in sizes.items():
         assert Image.open(tmp_path / "out" / f"{name.rsplit('.', 1)[0]}_labels.png").size == size

@@ -22,7 +22,9 @@ def random_maps(seed: int, count: int = 6) -> list[tuple[np.ndarray, np.ndarray]
     for i in range(count):
         height, width = rng.integers(5, 40, size=2)
         label = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 9], size=(height, width))
-        prediction = np.where(rng.random((height, width)) < 0.6, label, rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 11], size=(height, width)))
+        prediction = np.where(
+            rng.random((height, width)) < 0.6, label, rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 11], size=(height, width))
+        )
         prediction[prediction == 9] = 3
         ignore = rng.random((height, width)) < 0.2
         label[ignore] = 255
@@ -43,8 +45,14 @@ def confusion_reference(pairs, unseen) -> dict:
     iou[union > 0] = diagonal[union > 0] / union[union > 0]
     seen = [c for c in range(NUM_CLASSES) if c not in unseen]
     s, u = np.nanmean(iou[seen]) * 100, np.nanmean(iou[list(unseen)]) * 100
-    return {"iou": iou * 100, "seen": s, "unseen": u, "h": 2 * s * u / (s + u), "all": np.nanmean(iou) * 100,
-            "aacc": diagonal.sum() / confusion.sum() * 100}  # fmt: skip
+    return {
+        "iou": iou * 100,
+        "seen": s,
+        "unseen": u,
+        "h": 2 * s * u / (s + u),
+        "all": np.nanmean(iou) * 100,
+        "aacc": diagonal.sum() / confusion.sum() * 100,
+    }
 
 
 def accumulate(pairs) -> IoUAccumulator:

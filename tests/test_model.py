@@ -26,9 +26,13 @@ def test_full_size_coco_parameter_counts_match_the_paper():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     backbone = {n for n in trainable if n.startswith("backbone.")}
     assert backbone == {
-        "backbone.prompt_embeddings", "backbone.deep_prompt_embeddings", "backbone.prompt_proj.weight",
-        "backbone.prompt_proj.bias", "backbone.prompt_norm.weight", "backbone.prompt_norm.bias",
-    }  # fmt: skip
+        "backbone.prompt_embeddings",
+        "backbone.deep_prompt_embeddings",
+        "backbone.prompt_proj.weight",
+        "backbone.prompt_proj.bias",
+        "backbone.prompt_norm.weight",
+        "backbone.prompt_norm.bias",
+    }
     head = {n for n, _ in model.decode_head.named_parameters()}
     assert trainable - backbone == {f"decode_head.{n}" for n in head}
     assert count_parameters(model).trainable == 1_052_928 + sum(p.numel() for p in model.decode_head.parameters())
@@ -53,9 +57,10 @@ def test_gradients_reach_exactly_the_trainable_parameters(tiny_config):
     # projection, FFN and norms are trainable but, as in the reference, receive no gradient.
     last = tiny_config.head.layers - 1
     unused = {
-        n for n in trainable
+        n
+        for n in trainable
         if f".layers.{last}." in n and not any(f".layers.{last}.multihead_attn.{x}." in n for x in ("q", "k"))
-    }  # fmt: skip
+    }
     assert unused
     assert with_grad == trainable - unused
 
@@ -70,7 +75,9 @@ def test_whole_and_sliding_window_on_several_sizes(tiny_config, num_classes, siz
     image = torch.randn(1, 3, *size)
     whole = predict_scores(model, image, text, shift, mode="whole")
     assert whole.shape == (1, num_classes, *size)
-    slide = predict_scores(model, image, text, shift, mode="slide", crop=32, stride=16, out_size=(size[0] + 5, size[1] + 3))
+    slide = predict_scores(
+        model, image, text, shift, mode="slide", crop=32, stride=16, out_size=(size[0] + 5, size[1] + 3)
+    )
     assert slide.shape == (1, num_classes, size[0] + 5, size[1] + 3)
     assert torch.isfinite(slide).all()
     # Windows batched or one by one: the same scores (no interaction across the windows of a batch).
@@ -128,9 +135,15 @@ def test_presets_follow_the_spec():
     assert len(get_preset("context-inductive").classes.unseen) == 10
     tokens = {name: p.model.image_encoder.prompt_tokens for name, p in authors.items()}
     assert tokens == {
-        "voc-inductive": 10, "voc-transductive": 10, "context-inductive": 35, "context-transductive": 35,
-        "coco-inductive": 50, "coco-transductive": 50, "coco-to-voc": 50, "coco-to-context": 50,
-    }  # fmt: skip
+        "voc-inductive": 10,
+        "voc-transductive": 10,
+        "context-inductive": 35,
+        "context-transductive": 35,
+        "coco-inductive": 50,
+        "coco-transductive": 50,
+        "coco-to-voc": 50,
+        "coco-to-context": 50,
+    }
     assert get_preset("voc-transductive").train.batch_size == 32
     assert get_preset("coco-to-voc").classes.unseen == ()
     assert get_preset("voc-transductive").classes.test_seen_shift == 0.0
@@ -141,7 +154,9 @@ def test_config_from_preset_yaml_and_overrides(tmp_path):
     from cascadeclip.utils import UserError
     from cascadeclip.config.presets import resolve_config
 
-    (tmp_path / "small.yaml").write_text("preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n")
+    (tmp_path / "small.yaml").write_text(
+        "preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n"
+    )
     cfg = resolve_config(str(tmp_path / "small.yaml"), ["train.lr=0.001", "model.head.stages=[[6]]"])
     assert cfg.name == "voc-inductive" and cfg.train.iters == 50 and cfg.train.lr == 0.001
     assert cfg.model.image_encoder.width == 64 and cfg.model.head.stages == ((6,),)

@@ -55,16 +55,41 @@ def test_flop_counter_equals_hand_count(prompts_as_keys):
 
 
 TINY_OVERRIDES = [
-    "model.image_encoder.width=64", "model.image_encoder.heads=4", "model.image_encoder.output_dim=32",
-    "model.image_encoder.image_size=64", "model.head.dim=32", "model.head.heads=4", "model.head.ffn_dim=64",
-    "test.crop_size=64", "test.stride=48", "test.short_side=64",
-]  # fmt: skip
+    "model.image_encoder.width=64",
+    "model.image_encoder.heads=4",
+    "model.image_encoder.output_dim=32",
+    "model.image_encoder.image_size=64",
+    "model.head.dim=32",
+    "model.head.heads=4",
+    "model.head.ffn_dim=64",
+    "test.crop_size=64",
+    "test.stride=48",
+    "test.short_side=64",
+]
 
 
 def test_bench_writes_json_with_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "voc-inductive", *TINY_OVERRIDES, "--image-size", "60", "90", "--images", "3", "--warmup", "1",
-            "--repeats", "2", "--latency-warmup", "1", "--device", "cpu", "--json", str(out)]  # fmt: skip
+    argv = [
+        "bench",
+        "voc-inductive",
+        *TINY_OVERRIDES,
+        "--image-size",
+        "60",
+        "90",
+        "--images",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--latency-warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "GFLOPs" in capsys.readouterr().out
     results = json.loads(out.read_text())
@@ -90,5 +115,3 @@ def test_bench_writes_json_with_every_field(tmp_path, capsys):
 def test_bench_rejects_warmup_not_below_images(capsys):
     assert main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"]) == 2
     assert "--warmup" in capsys.readouterr().err
-
-

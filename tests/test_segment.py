@@ -94,8 +94,21 @@ def test_background_and_scores(checkpoint, sample_folder, tmp_path):
     # Random weights score every class near 0.5; the median best score splits the image in two.
     prediction = Segmenter.from_pretrained(checkpoint, device="cpu").predict(image, CLASSES)
     threshold = float(np.median(prediction.scores.max(0)))
-    assert segment(image, "--classes", ", ".join(CLASSES), "--checkpoint", checkpoint, "--out", out,
-                   "--background", threshold, "--scores") == 0  # fmt: skip
+    assert (
+        segment(
+            image,
+            "--classes",
+            ", ".join(CLASSES),
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--background",
+            threshold,
+            "--scores",
+        )
+        == 0
+    )
     labels = np.array(Image.open(out / "chelsea_labels.png"))
     with np.load(out / "chelsea_scores.npz") as data:
         scores, names = data["scores"], list(data["names"])
@@ -186,7 +199,9 @@ def test_text_tower_from_openai_clip_weights(tmp_path):
     torch.manual_seed(0)
     no_tower = tmp_path / "no_tower.safetensors"
     save_model(no_tower, CascadeCLIP(tiny_model_config()))
-    segmenter = Segmenter.from_pretrained(no_tower, clip_weights=tmp_path / "ViT-tiny.pt", device="cpu", templates="single")
+    segmenter = Segmenter.from_pretrained(
+        no_tower, clip_weights=tmp_path / "ViT-tiny.pt", device="cpu", templates="single"
+    )
     from open_clip.tokenizer import tokenize
 
     with torch.no_grad():
@@ -249,13 +264,33 @@ def test_bad_inputs_fail_clearly_and_write_nothing(checkpoint, sample_folder, tm
     (sample_folder / "broken.png").unlink()
 
     image = sample_folder / "chelsea.png"
-    _fails(capsys, out, image, "--classes", "cat,,dog", "--checkpoint", checkpoint, match="class name number 2 of 3 is empty")
+    _fails(
+        capsys,
+        out,
+        image,
+        "--classes",
+        "cat,,dog",
+        "--checkpoint",
+        checkpoint,
+        match="class name number 2 of 3 is empty",
+    )
     _fails(capsys, out, image, "--classes", " ", "--checkpoint", checkpoint, match="is empty")
     _fails(capsys, out, image, "--classes", "cat, dog, Cat", "--checkpoint", checkpoint, match="'Cat' is given twice")
     (tmp_path / "names.txt").write_text("\n\n")
-    _fails(capsys, out, image, "--classes-file", tmp_path / "names.txt", "--checkpoint", checkpoint, match="no class names")
-    _fails(capsys, out, image, "--classes", "cat, background", "--checkpoint", checkpoint, "--background",
-           match="named 'background' and --background")  # fmt: skip
+    _fails(
+        capsys, out, image, "--classes-file", tmp_path / "names.txt", "--checkpoint", checkpoint, match="no class names"
+    )
+    _fails(
+        capsys,
+        out,
+        image,
+        "--classes",
+        "cat, background",
+        "--checkpoint",
+        checkpoint,
+        "--background",
+        match="named 'background' and --background",
+    )
     _fails(capsys, out, image, *good, "--background", "1.5", match="between 0 and 1")
 
 
@@ -266,12 +301,15 @@ def test_missing_or_wrong_weights_say_what_to_use(checkpoint, sample_folder, tmp
     _fails(capsys, out, *args, match="github.com/HVision-NKU/Cascade-CLIP")  # no --checkpoint at all
     _fails(capsys, out, *args, "--checkpoint", tmp_path / "iter_80000.pth", match="iter_80000.pth not found")
     _fails(capsys, out, *args, "--checkpoint", tmp_path / "x.pth", match="cascade-clip convert")
-    _fails(capsys, out, *args, "--checkpoint", checkpoint, "--clip-weights", tmp_path / "ViT-B-16.pt",
-           match="openaipublic")  # fmt: skip
+    _fails(
+        capsys, out, *args, "--checkpoint", checkpoint, "--clip-weights", tmp_path / "ViT-B-16.pt", match="openaipublic"
+    )
 
     make_openai_archive(tmp_path / "ViT-tiny.pt")
     _fails(capsys, out, *args, "--checkpoint", tmp_path / "ViT-tiny.pt", match="goes to --clip-weights")
-    save_file({"visual.conv1.weight": torch.zeros(1)}, str(tmp_path / "clip.safetensors"), metadata={"format": "openai-clip"})
+    save_file(
+        {"visual.conv1.weight": torch.zeros(1)}, str(tmp_path / "clip.safetensors"), metadata={"format": "openai-clip"}
+    )
     _fails(capsys, out, *args, "--checkpoint", tmp_path / "clip.safetensors", match="holds OpenAI CLIP weights")
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     _fails(capsys, out, *args, "--checkpoint", tmp_path / "other.safetensors", match="not a cascadeclip model")
@@ -288,8 +326,17 @@ def test_outputs_for_two_images_with_one_name_are_refused(checkpoint, sample_fol
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(sample_folder / "coffee.png", other / "coffee.png")
-    _fails(capsys, tmp_path / "out", sample_folder, other / "coffee.png", "--classes", "cup", "--checkpoint", checkpoint,
-           match="would write the same outputs")  # fmt: skip
+    _fails(
+        capsys,
+        tmp_path / "out",
+        sample_folder,
+        other / "coffee.png",
+        "--classes",
+        "cup",
+        "--checkpoint",
+        checkpoint,
+        match="would write the same outputs",
+    )
 
 
 def test_random_weights_warn_that_the_output_is_meaningless():
@@ -300,7 +347,10 @@ def test_random_weights_warn_that_the_output_is_meaningless():
 
 def test_random_weights_switch_runs_the_full_size_model_and_says_so(sample_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert segment(sample_folder / "chelsea.png", "--classes", "cat", "--random-weights", "--mode", "whole", "--out", out) == 0
+    assert (
+        segment(sample_folder / "chelsea.png", "--classes", "cat", "--random-weights", "--mode", "whole", "--out", out)
+        == 0
+    )
     captured = capsys.readouterr()
     assert "RANDOM weights" in captured.err and "meaningless" in captured.out
     assert "RANDOM WEIGHTS" in Image.open(out / "chelsea_overlay.png").text["Description"]

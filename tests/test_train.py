@@ -47,8 +47,17 @@ def tiny_config(tmp_path: Path, setting: str = "inductive", dropout: bool = True
         model.image_encoder.prompt_dropout = 0.0
         model.head.dropout = 0.0
     voc = get_preset("voc-inductive").classes
-    defaults = dict(iters=20, batch_size=4, crop_size=64, scale=(128, 64), warmup_iters=4, lr=1e-3, init="random",
-                    checkpoint_interval=5, log_interval=1)  # fmt: skip
+    defaults = dict(
+        iters=20,
+        batch_size=4,
+        crop_size=64,
+        scale=(128, 64),
+        warmup_iters=4,
+        lr=1e-3,
+        init="random",
+        checkpoint_interval=5,
+        log_interval=1,
+    )
     return Config(
         name="tiny",
         model=model,
@@ -90,13 +99,17 @@ def test_stream_is_independent_of_workers_and_processes(tmp_path):
 
 
 def test_short_inductive_run_learns_and_writes_its_outputs(tmp_path):
-    cfg = tiny_config(tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,),
-                      eval_interval=20)  # fmt: skip
+    cfg = tiny_config(
+        tmp_path, iters=40, checkpoint_interval=10, keep_checkpoints=1, keep_iterations=(20,), eval_interval=20
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     # The newest checkpoint stays whole; of the others only the weights at keep_iterations stay.
-    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_20.safetensors", "iter_40.safetensors",
-                                                         "iter_40.state.pt"]  # fmt: skip
+    assert sorted(p.name for p in run.glob("iter_*")) == [
+        "iter_20.safetensors",
+        "iter_40.safetensors",
+        "iter_40.state.pt",
+    ]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     evaluations = [r for r in log if "eval" in r]
     log = [r for r in log if "loss" in r]
@@ -187,8 +200,11 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     # Dropout off: with it, the two runs would draw different masks. The loss normaliser is the whole step's, so
     # the only difference is the order of floating-point sums: 1e-5 relative on weights after 3 AdamW steps.
     big = train(tiny_config(tmp_path, dropout=False, iters=3, batch_size=4), tmp_path / "big", progress=False)
-    small = train(tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, accumulation_steps=2), tmp_path / "acc",
-                  progress=False)  # fmt: skip
+    small = train(
+        tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, accumulation_steps=2),
+        tmp_path / "acc",
+        progress=False,
+    )
     assert_same_weights(weights(big.checkpoint), weights(small.checkpoint))
 
 
@@ -199,7 +215,20 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     save_yaml(cfg, tmp_path / "tiny.yaml")
     single = train(cfg, tmp_path / "single", progress=False)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cascadeclip",
-               "train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "ddp"), "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cascadeclip",
+        "train",
+        str(tmp_path / "tiny.yaml"),
+        "--run-dir",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+    ]
     subprocess.run(command, env=env, check=True, timeout=600, capture_output=True)
     assert_same_weights(weights(single.checkpoint), weights(tmp_path / "ddp" / "iter_3.safetensors"))

@@ -83,11 +83,15 @@ def test_tiny_clip_archive_loads_like_openai_weights(tmp_path):
     clip = build_clip(cfg).eval()
     save_openai_archive(clip, tmp_path / "tiny-clip.pt", cfg.image_size, cfg.context_length)
     model, report = create_model(get_preset("world-inductive").model, clip_weights=tmp_path / "tiny-clip.pt")
-    assert all(not k.startswith(("backbone.transformer", "backbone.conv1", "text_encoder.")) for k in report.kept_initial)
+    assert all(
+        not k.startswith(("backbone.transformer", "backbone.conv1", "text_encoder.")) for k in report.kept_initial
+    )
     tokens = tokenize(["a photo of a red striped", "a photo of a blue dotted"], context_length=cfg.context_length)
     with torch.no_grad():
         # Same weights, same computation: only float rounding differs (1e-5 on unit-norm embeddings).
-        torch.testing.assert_close(model.text_encoder(tokens), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model.text_encoder(tokens), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0
+        )
 
 
 def test_pretrained_tiny_clip_is_cached_by_its_configuration(tmp_path):
@@ -112,7 +116,12 @@ def test_reduced_demo_runs_the_whole_chain_and_writes_the_report(tmp_path, capsy
     for phrase in ("mIoU(U)", "cascade (3 stages)", "single last-layer decoder", "chance", "zero-shot"):
         assert phrase in text
     results = json.loads((report / "results.json").read_text())
-    assert set(results["models"]) == {"cascade-inductive", "cascade-transductive", "single-inductive", "single-transductive"}
+    assert set(results["models"]) == {
+        "cascade-inductive",
+        "cascade-transductive",
+        "single-inductive",
+        "single-transductive",
+    }
     for name in results["models"]:
         assert (report / "runs" / name / "log.jsonl").is_file()
     assert (report / "predictions.png").stat().st_size > 0 and (report / "curves.png").stat().st_size > 0

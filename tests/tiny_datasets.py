@@ -40,9 +40,15 @@ def _save_image(image: Image.Image, path: Path) -> None:
 
 
 def _write_samples(
-    rng: np.random.Generator, names: list[str], image_dir: Path, label_dir: Path, label_suffix: str, top: int,
-    size: tuple[int, int], palette: bool = False,
-) -> dict:  # fmt: skip
+    rng: np.random.Generator,
+    names: list[str],
+    image_dir: Path,
+    label_dir: Path,
+    label_suffix: str,
+    top: int,
+    size: tuple[int, int],
+    palette: bool = False,
+) -> dict:
     """A random image and raw label (values 0..top-1 and 255) per name; returns {name: raw label}."""
     labels = {}
     for name in names:
@@ -66,8 +72,9 @@ def make_voc(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (
     for split, names in splits.items():
         _write_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt", names)
         folder = "SegmentationClassAug" if split == "aug" else "SegmentationClass"
-        labels |= _write_samples(rng, names, base / "JPEGImages", base / folder, ".png", 21, size,
-                                 palette=folder == "SegmentationClass")  # fmt: skip
+        labels |= _write_samples(
+            rng, names, base / "JPEGImages", base / folder, ".png", 21, size, palette=folder == "SegmentationClass"
+        )
     return labels
 
 
@@ -131,8 +138,15 @@ def _scene(rng: np.random.Generator, size: int, classes: list[int], colors: np.n
     return image, label
 
 
-def make_voc_scenes(root: Path, num_train: int = 8, num_aug: int = 4, num_val: int = 4, size: int = 96, seed: int = 0,
-                    classes_per_image: int = 3) -> Path:  # fmt: skip
+def make_voc_scenes(
+    root: Path,
+    num_train: int = 8,
+    num_aug: int = 4,
+    num_val: int = 4,
+    size: int = 96,
+    seed: int = 0,
+    classes_per_image: int = 3,
+) -> Path:
     """VOCdevkit/VOC2012 of `_scene`s with train.txt over SegmentationClass, aug.txt over SegmentationClassAug,
     val.txt."""
     rng = np.random.default_rng(seed)
@@ -140,8 +154,11 @@ def make_voc_scenes(root: Path, num_train: int = 8, num_aug: int = 4, num_val: i
     base = Path(root) / "VOCdevkit" / "VOC2012"
     for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
         (base / folder).mkdir(parents=True, exist_ok=True)
-    for split, count, label_dir in (("train", num_train, "SegmentationClass"), ("aug", num_aug, "SegmentationClassAug"),
-                                    ("val", num_val, "SegmentationClass")):  # fmt: skip
+    for split, count, label_dir in (
+        ("train", num_train, "SegmentationClass"),
+        ("aug", num_aug, "SegmentationClassAug"),
+        ("val", num_val, "SegmentationClass"),
+    ):
         names = [f"2007_{split}{i:04d}" for i in range(count)]
         for name in names:
             image, label = _scene(rng, size, list(rng.choice(20, classes_per_image, replace=False)), colors)

@@ -76,7 +76,9 @@ class LoadReport:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} unused keys: {_abbreviate(self.skipped)}")
         if self.kept_initial:
-            lines.append(f"  {len(self.kept_initial)} parameters keep their initial values: {_abbreviate(self.kept_initial)}")
+            lines.append(
+                f"  {len(self.kept_initial)} parameters keep their initial values: {_abbreviate(self.kept_initial)}"
+            )
         return "\n".join(lines)
 
 
@@ -113,8 +115,11 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
         raise _missing_file(path, "CLIP weights", f"Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}")
     expected = OPENAI_SHA256.get(path.name)
     if expected is not None and _sha256_of(path) != expected:
-        warnings.warn(f"{path}: SHA-256 differs from OpenAI's published {path.name} ({expected[:12]}...); "
-                      "the file may be corrupt or a different model", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path}: SHA-256 differs from OpenAI's published {path.name} ({expected[:12]}...); "
+            "the file may be corrupt or a different model",
+            stacklevel=2,
+        )
     try:
         if path.suffix == ".safetensors":  # written by `cascade-clip convert`
             state = load_file(str(path))
@@ -126,7 +131,9 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"{path} is neither a TorchScript archive nor a state dict of CLIP weights: {err}") from err
+            raise CheckpointError(
+                f"{path} is neither a TorchScript archive nor a state dict of CLIP weights: {err}"
+            ) from err
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         raise CheckpointError(f"{path} does not hold OpenAI CLIP ViT weights (no 'visual.conv1.weight' key)")
@@ -152,7 +159,9 @@ def save_openai_archive(clip: torch.nn.Module, path: str | Path, image_size: int
 def text_config_from_clip(state: dict[str, torch.Tensor], prefix: str = "") -> TextEncoderConfig:
     """The text tower's sizes, read from CLIP weights (heads = width / 64, as in every OpenAI CLIP)."""
     width = state[f"{prefix}ln_final.weight"].shape[0]
-    layers = len({k.split(".")[2 + prefix.count(".")] for k in state if k.startswith(f"{prefix}transformer.resblocks.")})
+    layers = len(
+        {k.split(".")[2 + prefix.count(".")] for k in state if k.startswith(f"{prefix}transformer.resblocks.")}
+    )
     return TextEncoderConfig(
         context_length=state[f"{prefix}positional_embedding"].shape[0],
         vocab_size=state[f"{prefix}token_embedding.weight"].shape[0],
@@ -174,8 +183,12 @@ def clip_to_cascade_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
                 value = torch.cat([value[:1], resize_positional_grid(value[1:], (grid, grid))])
             mapped[f"backbone.{name}"] = value
         elif cfg.text_encoder is not None and key.split(".")[0] in (
-            "transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection"
-        ):  # fmt: skip
+            "transformer",
+            "token_embedding",
+            "positional_embedding",
+            "ln_final",
+            "text_projection",
+        ):
             if key == "positional_embedding":
                 value = value[: cfg.text_encoder.context_length]
             mapped[f"text_encoder.{key}"] = value
@@ -190,8 +203,9 @@ def create_model(cfg: ModelConfig, clip_weights: str | Path | None = None) -> tu
             cfg = dataclasses.replace(cfg, text_encoder=text_config_from_clip(clip_state))
         model = CascadeCLIP(cfg)
         return model, _load_clip_weights(model, clip_state, clip_weights)
-    warnings.warn("no CLIP weights given: the model has random weights and its predictions are meaningless",
-                  stacklevel=2)  # fmt: skip
+    warnings.warn(
+        "no CLIP weights given: the model has random weights and its predictions are meaningless", stacklevel=2
+    )
     return CascadeCLIP(cfg), None
 
 
@@ -225,7 +239,9 @@ def load_text_encoder(clip_weights: str | Path) -> TextEncoder:
         encoder = TextEncoder(cfg.text_encoder)
         result = encoder.load_state_dict(state, strict=False)  # sizes come from the file, so only names can differ
     except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{clip_weights}: the CLIP text tower cannot be read from these weights ({err})") from None
+        raise CheckpointError(
+            f"{clip_weights}: the CLIP text tower cannot be read from these weights ({err})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{clip_weights}: not a complete CLIP text tower (missing {result.missing_keys[:4]}, "
@@ -253,7 +269,9 @@ def read_authors_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     """(state_dict, meta) of an authors' checkpoint. Unpickles the file: trusted paths only."""
     path = Path(path)
     if not path.is_file():
-        raise _missing_file(path, "checkpoint", f"The authors' six checkpoints are linked from {AUTHORS_CHECKPOINTS_URL}")
+        raise _missing_file(
+            path, "checkpoint", f"The authors' six checkpoints are linked from {AUTHORS_CHECKPOINTS_URL}"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
@@ -308,9 +326,7 @@ def _model_config_from_authors_state(
         grid = math.isqrt(state["backbone.positional_embedding"].shape[0] - 1)
         dim = state["decode_head.q_projs.0.weight"].shape[0]
         decoders = len({k.split(".")[2] for k in state if k.startswith("decode_head.cascade_decoders.")})
-        decoder_layers = len(
-            {k.split(".")[4] for k in state if k.startswith("decode_head.cascade_decoders.0.layers.")}
-        )
+        decoder_layers = len({k.split(".")[4] for k in state if k.startswith("decode_head.cascade_decoders.0.layers.")})
         taps = state["backbone.proj_layers"].shape[0]
         encoder = dataclasses.replace(
             base.image_encoder,
@@ -376,7 +392,9 @@ def save_model(path: str | Path, model: CascadeCLIP, classes: ClassesConfig | No
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_model_file(path: str | Path) -> tuple[ModelConfig, ClassesConfig | None, dict[str, Any], dict[str, torch.Tensor]]:
+def read_model_file(
+    path: str | Path,
+) -> tuple[ModelConfig, ClassesConfig | None, dict[str, Any], dict[str, torch.Tensor]]:
     """(model config, class set or None, info, tensors) of one of our `.safetensors` files."""
     path = Path(path)
     if not path.is_file():
@@ -471,7 +489,9 @@ def _check_shapes(model: CascadeCLIP, state: dict[str, torch.Tensor], source: st
         )
 
 
-def load_segmentation_weights(checkpoint: str | Path, clip_weights: str | Path | None = None) -> tuple[CascadeCLIP, TextEncoder]:
+def load_segmentation_weights(
+    checkpoint: str | Path, clip_weights: str | Path | None = None
+) -> tuple[CascadeCLIP, TextEncoder]:
     """(model, text tower) from a Cascade-CLIP checkpoint and, optionally, OpenAI CLIP weights for the text tower.
 
     Raises UserError naming the missing or unsuitable file, with where to get the right one.
@@ -480,18 +500,26 @@ def load_segmentation_weights(checkpoint: str | Path, clip_weights: str | Path |
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
     if clip_weights is not None and not Path(clip_weights).expanduser().is_file():
-        raise UserError(f"CLIP weights {clip_weights} not found. Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}")
+        raise UserError(
+            f"CLIP weights {clip_weights} not found. Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}"
+        )
     if _is_openai_clip_safetensors(checkpoint):
-        raise UserError(f"{checkpoint} holds OpenAI CLIP weights, not a Cascade-CLIP model: give it as --clip-weights "
-                        f"(clip_weights=...), and a Cascade-CLIP checkpoint as --checkpoint. {WEIGHTS_HELP}")  # fmt: skip
+        raise UserError(
+            f"{checkpoint} holds OpenAI CLIP weights, not a Cascade-CLIP model: give it as --clip-weights "
+            f"(clip_weights=...), and a Cascade-CLIP checkpoint as --checkpoint. {WEIGHTS_HELP}"
+        )
     try:
         model, _, _ = load_checkpoint(checkpoint, with_text_encoder=clip_weights is None)
     except CheckpointError as err:
-        raise CheckpointError(f"{err}. --checkpoint takes a Cascade-CLIP checkpoint (an authors' .pth or a "
-                              "cascadeclip .safetensors); OpenAI's ViT-B-16.pt goes to --clip-weights") from None  # fmt: skip
+        raise CheckpointError(
+            f"{err}. --checkpoint takes a Cascade-CLIP checkpoint (an authors' .pth or a "
+            "cascadeclip .safetensors); OpenAI's ViT-B-16.pt goes to --clip-weights"
+        ) from None
     if clip_weights is not None:
         return model, load_text_encoder(clip_weights)
     if model.text_encoder is None:
-        raise UserError(f"{checkpoint} has no CLIP text tower, which is needed to embed class names: pass OpenAI's "
-                        f"ViT-B-16.pt (from {OPENAI_VIT_B_16_URL}) as --clip-weights (clip_weights=...)")  # fmt: skip
+        raise UserError(
+            f"{checkpoint} has no CLIP text tower, which is needed to embed class names: pass OpenAI's "
+            f"ViT-B-16.pt (from {OPENAI_VIT_B_16_URL}) as --clip-weights (clip_weights=...)"
+        )
     return model, model.text_encoder

@@ -42,29 +42,34 @@ MAX_CLASSES = 255  # label PNGs hold one byte per pixel, and 255 is background
 BACKGROUND_NAME = "background"
 
 
-
 def parse_class_names(text: str) -> list[str]:
-    """"cat, dog, grass" -> ["cat", "dog", "grass"]; empty entries are kept so that `check_class_names` reports them."""
+    """ "cat, dog, grass" -> ["cat", "dog", "grass"]; empty entries are kept so that `check_class_names` reports them."""
     return [name.strip() for name in text.split(",")]
 
 
 def check_class_names(names: list[str] | tuple[str, ...]) -> list[str]:
     """The names with surrounding spaces removed; UserError if any is empty, repeated, or there are too many."""
     if isinstance(names, str):
-        raise UserError(f"candidate labels must be a list of names, not the string {names!r}; "
-                        "use parse_class_names for a comma-separated string")  # fmt: skip
+        raise UserError(
+            f"candidate labels must be a list of names, not the string {names!r}; "
+            "use parse_class_names for a comma-separated string"
+        )
     names = [str(n).strip() for n in names]
     if not names:
-        raise UserError("no class names given; name at least one class, e.g. \"cat, dog, grass\"")
+        raise UserError('no class names given; name at least one class, e.g. "cat, dog, grass"')
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty:
-        raise UserError(f"class name number {', '.join(map(str, empty))} of {len(names)} is empty "
-                        "(two commas in a row, or a comma at the end?)")  # fmt: skip
+        raise UserError(
+            f"class name number {', '.join(map(str, empty))} of {len(names)} is empty "
+            "(two commas in a row, or a comma at the end?)"
+        )
     seen: dict[str, str] = {}
     for name in names:
         if name.casefold() in seen:
-            raise UserError(f"class name {name!r} is given twice (as {seen[name.casefold()]!r} and {name!r}); "
-                            "each name must be given once")  # fmt: skip
+            raise UserError(
+                f"class name {name!r} is given twice (as {seen[name.casefold()]!r} and {name!r}); "
+                "each name must be given once"
+            )
         seen[name.casefold()] = name
     if len(names) > MAX_CLASSES:
         raise UserError(f"{len(names)} class names given; at most {MAX_CLASSES} fit in a label image")
@@ -117,8 +122,10 @@ class Segmenter:
         if mode not in ("slide", "whole"):
             raise UserError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
         if text_encoder.cfg.output_dim != model.cfg.head.dim:
-            raise CheckpointError(f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
-                                  f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs")  # fmt: skip
+            raise CheckpointError(
+                f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
+                f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs"
+            )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
         self.model = use_fast_path(model.eval().to(self.device))
@@ -132,12 +139,17 @@ class Segmenter:
         self.stride = stride or max(1, round(self.crop * 426 / 512))
         self.window_batch = window_batch
         self.bf16 = bf16
-        self.text_cache = TextEmbeddingCache(self.text_encoder, templates_for(templates),
-                                             Path(cache_dir) if cache_dir else default_cache_dir())  # fmt: skip
+        self.text_cache = TextEmbeddingCache(
+            self.text_encoder, templates_for(templates), Path(cache_dir) if cache_dir else default_cache_dir()
+        )
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint: str | Path, clip_weights: str | Path | None = None, device: str | torch.device | None = None, **options
+        cls,
+        checkpoint: str | Path,
+        clip_weights: str | Path | None = None,
+        device: str | torch.device | None = None,
+        **options,
     ) -> Segmenter:
         """Load a Cascade-CLIP checkpoint: ours (.safetensors) or one of the authors' .pth files (a pickle: only
         files you trust). The text tower comes from `clip_weights` (OpenAI's ViT-B-16.pt, or it converted) when
@@ -207,7 +219,9 @@ class Segmenter:
             for i, name in enumerate(prediction.names)
         ]
         if background is not None:
-            segments.append({"label": BACKGROUND_NAME, "score": None, "mask": _mask(prediction.labels == BACKGROUND_LABEL)})
+            segments.append(
+                {"label": BACKGROUND_NAME, "score": None, "mask": _mask(prediction.labels == BACKGROUND_LABEL)}
+            )
         return segments
 
     def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
@@ -220,8 +234,15 @@ class Segmenter:
                 tensor = F.pad(tensor, (0, -width % patch, 0, -height % patch))
                 scores = predict_scores(self.model, tensor, text, mode="whole")[..., :height, :width]
             else:
-                scores = predict_scores(self.model, tensor, text, mode="slide", crop=self.crop, stride=self.stride,
-                                        window_batch=self.window_batch)  # fmt: skip
+                scores = predict_scores(
+                    self.model,
+                    tensor,
+                    text,
+                    mode="slide",
+                    crop=self.crop,
+                    stride=self.stride,
+                    window_batch=self.window_batch,
+                )
         return scores[0].float()
 
 
@@ -231,7 +252,9 @@ def _mask(selected: np.ndarray) -> Image.Image:
 
 def _bilinear_taps(out_len: int, in_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices (i0, i1) and weight of i1 per output position, as F.interpolate(bilinear, align_corners=False)."""
-    position = ((torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5).clamp(min=0)
+    position = ((torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5).clamp(
+        min=0
+    )
     low = position.floor().long().clamp(max=in_len - 1)
     return low, (low + 1).clamp(max=in_len - 1), (position - low).float()
 
@@ -254,7 +277,12 @@ def upsampled_strips(scores: torch.Tensor, size: tuple[int, int], max_elements: 
 
 
 def _summarize(
-    working: torch.Tensor, size: tuple[int, int], names: list[str], background: float | None, keep_scores: bool, scores_dtype
+    working: torch.Tensor,
+    size: tuple[int, int],
+    names: list[str],
+    background: float | None,
+    keep_scores: bool,
+    scores_dtype,
 ) -> Prediction:
     """Labels, shares, mean and max scores at full resolution from (C, h, w) working-resolution scores."""
     classes = len(names)

@@ -126,7 +126,9 @@ def region_borders(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
     return edges
 
 
-def label_anchors(labels: np.ndarray, classes: list[int], max_side: int = 160, min_depth: int = 3) -> dict[int, tuple[int, int]]:
+def label_anchors(
+    labels: np.ndarray, classes: list[int], max_side: int = 160, min_depth: int = 3
+) -> dict[int, tuple[int, int]]:
     """(x, y) per class deep inside its largest blob, where its name can be written; classes whose regions are too
     thin or small (less than `min_depth` erosions on a map of at most `max_side` pixels) get none.
 
@@ -155,7 +157,9 @@ def label_anchors(labels: np.ndarray, classes: list[int], max_side: int = 160, m
     return anchors
 
 
-def draw_region_names(picture: Image.Image, anchors: dict[int, tuple[int, int]], names: list[str], font_size: int) -> None:
+def draw_region_names(
+    picture: Image.Image, anchors: dict[int, tuple[int, int]], names: list[str], font_size: int
+) -> None:
     """Write each class name in a white box centred on its anchor, inside the picture; in the order given, and a
     name whose box would cover one already written is left out (the legend still lists it)."""
     draw, font = ImageDraw.Draw(picture), _font(font_size)
@@ -185,11 +189,15 @@ def legend_entries(
     total = max(labels.size, 1)
     counts = np.bincount(labels.ravel(), minlength=256)
     found = sorted((i for i in range(len(names)) if counts[i]), key=lambda i: -counts[i])
-    entries = [LegendEntry(f"{names[i]}  {_percent(counts[i] / total)}", tuple(int(c) for c in colors[i])) for i in found]
+    entries = [
+        LegendEntry(f"{names[i]}  {_percent(counts[i] / total)}", tuple(int(c) for c in colors[i])) for i in found
+    ]
     if background is not None:
         entries.append(LegendEntry(f"{background}  {_percent(counts[BACKGROUND_LABEL] / total)}", None))
     absent = [names[i] for i in range(len(names)) if not counts[i]]
-    shown = ", ".join(absent[:most_absent]) + (f" and {len(absent) - most_absent} more" if len(absent) > most_absent else "")
+    shown = ", ".join(absent[:most_absent]) + (
+        f" and {len(absent) - most_absent} more" if len(absent) > most_absent else ""
+    )
     return entries, f"not found: {shown}" if absent else ""
 
 

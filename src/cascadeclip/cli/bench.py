@@ -39,20 +39,36 @@ from ..config.presets import resolve_config
 
 HELP = "measure parameters, FLOPs, latency, FPS (the paper's protocol) and peak memory of a configuration"
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a preset name (e.g. coco-inductive) or a YAML configuration file")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="configuration overrides, e.g. test.stride=341 model.image_encoder.width=64")  # fmt: skip
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="configuration overrides, e.g. test.stride=341 model.image_encoder.width=64",
+    )
     parser.add_argument("--device", nargs="+", choices=("cpu", "cuda"), help="default: cpu, and cuda when present")
     parser.add_argument("--precision", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS))
-    parser.add_argument("--size", type=int, help="side of the whole-image forward (default: model.image_encoder.image_size)")
+    parser.add_argument(
+        "--size", type=int, help="side of the whole-image forward (default: model.image_encoder.image_size)"
+    )
     parser.add_argument("--data-root", help="dataset root: FPS on its validation images (default: generated images)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="size of the generated images (default: the dataset's most common size)")  # fmt: skip
-    parser.add_argument("--images", type=int, default=1000, help="images run for FPS, warm-up included (default: %(default)s)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="size of the generated images (default: the dataset's most common size)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=1000, help="images run for FPS, warm-up included (default: %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=100, help="first FPS images not timed (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=20, help="timed forwards for the latency (default: %(default)s)")
-    parser.add_argument("--latency-warmup", type=int, default=3, help="untimed forwards before them (default: %(default)s)")
+    parser.add_argument(
+        "--latency-warmup", type=int, default=3, help="untimed forwards before them (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     parser.add_argument("--reference", action="store_true", help="time the reference computation, not the fast path")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
@@ -146,8 +162,15 @@ def settings_report(args: argparse.Namespace, cfg: Config, size: int) -> dict:
     }
 
 
-def measure(args: argparse.Namespace, cfg: Config, model: CascadeCLIP, text: torch.Tensor, size: int,
-            device: torch.device, precision: str) -> dict:  # fmt: skip
+def measure(
+    args: argparse.Namespace,
+    cfg: Config,
+    model: CascadeCLIP,
+    text: torch.Tensor,
+    size: int,
+    device: torch.device,
+    precision: str,
+) -> dict:
     """Latency and peak memory of one whole-image forward, and FPS under the paper's protocol."""
     if precision == "bf16" and not args.reference:  # a copy: the next runs need the fp32 weights
         model = encoder_in_bf16(copy.deepcopy(model))
@@ -180,13 +203,20 @@ def format_report(results: dict) -> str:
     lines = [
         f"configuration {results['config']}",
         "parameters (M)          total  trainable",
-        *(f"  {name:<18} {c['total'] / 1e6:8.2f}  {c['trainable'] / 1e6:8.2f}"
-          for name, c in (("this model", params["model"]), ("with text tower", params["with_text_tower"]),
-                          ("as the authors", params["authors"]))),  # fmt: skip
+        *(
+            f"  {name:<18} {c['total'] / 1e6:8.2f}  {c['trainable'] / 1e6:8.2f}"
+            for name, c in (
+                ("this model", params["model"]),
+                ("with text tower", params["with_text_tower"]),
+                ("as the authors", params["authors"]),
+            )
+        ),
         f"GFLOPs of one {flops['image_size']}x{flops['image_size']} forward, {flops['classes']} classes "
         "(fvcore: 1 per multiply-add / PyTorch: 2):",
-        *(f"  {path:<18} {flops[path]['fvcore'] / 1e9:8.2f}  {flops[path]['pytorch'] / 1e9:8.2f}"
-          for path in ("reference", "fast")),  # fmt: skip
+        *(
+            f"  {path:<18} {flops[path]['fvcore'] / 1e9:8.2f}  {flops[path]['pytorch'] / 1e9:8.2f}"
+            for path in ("reference", "fast")
+        ),
         "",
         f"{settings['path']} path, {settings['threads']} threads",
         "device  precision  latency ms: median [p25-p75] (min-max)   peak MB (+ weights MB)     FPS",

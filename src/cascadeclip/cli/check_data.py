@@ -16,17 +16,27 @@ SHOWN = 10  # problems listed per kind; the rest are counted
 # Images in the standard splits (spec §3.1-3.3); another count is not an error (e.g. a subset on purpose) but is
 # pointed out, since the published numbers are over the full splits. VOC train is left out: train.txt + aug.txt
 # lists depend on the converter's version (aug.txt may or may not repeat train.txt).
-STANDARD_SIZES = {("voc", "val"): 1449, ("context", "train"): 4996, ("context", "val"): 5104,
-                  ("coco", "train"): 118287, ("coco", "val"): 5000}  # fmt: skip
+STANDARD_SIZES = {
+    ("voc", "val"): 1449,
+    ("context", "train"): 4996,
+    ("context", "val"): 5104,
+    ("coco", "train"): 118287,
+    ("coco", "val"): 5000,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help=f"dataset root (default: ${DATA_ROOT_ENV}, else ./datasets)")
-    parser.add_argument("--dataset", action="append", choices=sorted(LAYOUTS),
-                        help="check only this dataset (repeatable; default: every one present under the root)")  # fmt: skip
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        choices=sorted(LAYOUTS),
+        help="check only this dataset (repeatable; default: every one present under the root)",
+    )
     parser.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
-    parser.add_argument("--decode-images", action="store_true",
-                        help="decode every image in full to find truncated files (slower)")  # fmt: skip
+    parser.add_argument(
+        "--decode-images", action="store_true", help="decode every image in full to find truncated files (slower)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="processes reading files (default: %(default)s)")
 
 
@@ -43,10 +53,14 @@ def format_report(report: SplitReport) -> str:
     if report.error:
         return f"  {report.split:<6} PROBLEM: {report.error}"
     status = "ok" if report.ok else "PROBLEMS"
-    lines = [f"  {report.split:<6} {report.listed:>7} listed {report.images:>7} images {report.labels:>7} labels  {status}"]
+    lines = [
+        f"  {report.split:<6} {report.listed:>7} listed {report.images:>7} images {report.labels:>7} labels  {status}"
+    ]
     standard = STANDARD_SIZES.get((report.dataset, report.split))
     if standard is not None and report.listed != standard:
-        lines.append(f"    note: the standard {report.split} split has {standard} images (published numbers are over it)")
+        lines.append(
+            f"    note: the standard {report.split} split has {standard} images (published numbers are over it)"
+        )
     lines += _listing("listed names without an image", report.missing_images)
     lines += _listing("listed names without a label", report.missing_labels)
     lines += _listing("label files without an image", report.unmatched_labels)
@@ -59,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     datasets = args.dataset or [name for name, layout in LAYOUTS.items() if (root / layout.base).is_dir()]
     if not datasets:
         expected = ", ".join(layout.base for layout in LAYOUTS.values())
-        raise UserError(f"no dataset found under {root}: expected one of {expected}. Give --data-root or ${DATA_ROOT_ENV}")
+        raise UserError(
+            f"no dataset found under {root}: expected one of {expected}. Give --data-root or ${DATA_ROOT_ENV}"
+        )
     print(f"checking {', '.join(datasets)} under {root}")
     all_ok = True
     for dataset in datasets:

@@ -21,12 +21,15 @@ HELP = "convert an authors' Cascade-CLIP .pth or OpenAI's CLIP .pt to safetensor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="authors' checkpoint (.pth) or OpenAI CLIP weights (e.g. ViT-B-16.pt)")
+    parser.add_argument(
+        "source", type=Path, help="authors' checkpoint (.pth) or OpenAI CLIP weights (e.g. ViT-B-16.pt)"
+    )
     parser.add_argument("output", type=Path, help="the .safetensors file to write")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS),
+        "--preset",
+        choices=sorted(PRESETS),
         help="configuration the checkpoint was trained with (default: recognised from its shapes); stored with it",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-text-encoder", action="store_true", help="drop the CLIP text tower from the output")
 
 
@@ -55,13 +58,20 @@ def run(args: argparse.Namespace) -> int:
         guesses = guess_authors_config(state, meta)
         preset = get_preset(guesses[0]) if len(guesses) == 1 else None
         if preset is None:
-            print(f"note: the configuration cannot be told from the shapes (candidates: {', '.join(guesses) or 'none'}); "
-                  "no class set is stored. Pass --preset to store one.")  # fmt: skip
+            print(
+                f"note: the configuration cannot be told from the shapes (candidates: {', '.join(guesses) or 'none'}); "
+                "no class set is stored. Pass --preset to store one."
+            )
     model, report = model_from_authors_state(
         state, str(args.source), base=preset.model if preset else None, with_text_encoder=not args.no_text_encoder
     )
     print(report.summary())
-    save_model(args.output, model, preset.classes if preset else None, source=str(args.source),
-               preset=preset.name if preset else None)  # fmt: skip
+    save_model(
+        args.output,
+        model,
+        preset.classes if preset else None,
+        source=str(args.source),
+        preset=preset.name if preset else None,
+    )
     print(f"wrote {args.output}" + (f" (configuration {preset.name})" if preset else ""))
     return 0

@@ -23,22 +23,38 @@ HELP = "pretrain a tiny CLIP and run the zero-shot protocol in a miniature world
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = WorldRecipe()
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
-                        help="report folder (default: %(default)s); its runs/ subfolder is rewritten")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/demo"),
+        help="report folder (default: %(default)s); its runs/ subfolder is rewritten",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="world, pretraining and training seed")
     parser.add_argument("--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/cascadeclip)")
     parser.add_argument("--iters", type=int, default=defaults.iters, help="inductive iterations (default: %(default)s)")
-    parser.add_argument("--clip-steps", type=int, default=defaults.clip_steps,
-                        help="tiny CLIP pretraining steps (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--clip-steps", type=int, default=defaults.clip_steps, help="tiny CLIP pretraining steps (default: %(default)s)"
+    )
     parser.add_argument("--train-images", type=int, default=defaults.train_images, help="default: %(default)s")
     parser.add_argument("--val-images", type=int, default=defaults.val_images, help="default: %(default)s")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default: %(default)s; the models are tiny, and a single thread "
-                             "never stalls waiting for a busy core)")  # fmt: skip
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where the segmentation models train (default: %(default)s; numbers differ by device)")  # fmt: skip
-    parser.add_argument("--smoke", action="store_true",
-                        help="toy sizes, seconds: checks that the whole chain works (its numbers mean nothing)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default: %(default)s; the models are tiny, and a single thread "
+        "never stalls waiting for a busy core)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the segmentation models train (default: %(default)s; numbers differ by device)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="toy sizes, seconds: checks that the whole chain works (its numbers mean nothing)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,16 +70,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.smoke:
         recipe = WorldRecipe.smoke(args.seed)
     else:
-        recipe = WorldRecipe(seed=args.seed, train_images=args.train_images, val_images=args.val_images,
-                             iters=args.iters, clip_steps=args.clip_steps)  # fmt: skip
+        recipe = WorldRecipe(
+            seed=args.seed,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            iters=args.iters,
+            clip_steps=args.clip_steps,
+        )
     started = time.time()
-    result = run_protocol(recipe, args.out, cache=args.cache, announce=lambda stage: print(f"== {stage}", flush=True),
-                          device=args.device)  # fmt: skip
+    result = run_protocol(
+        recipe, args.out, cache=args.cache, announce=lambda stage: print(f"== {stage}", flush=True), device=args.device
+    )
     report = write_report(result, recipe, args.out, time.time() - started)
     facts = headline(result)
     for name, m in facts["models"].items():
         print(f"{name:>20}: " + "  ".join(f"{key} {percent(m[key]):>5}" for key in HEADLINE))
-    print(f"chance mIoU_unseen {facts['chance_unseen']:.1f}; tiny CLIP zero-shot accuracy on unseen objects "
-          f"{facts['clip_zero_shot_accuracy_unseen']:.1f}%")  # fmt: skip
+    print(
+        f"chance mIoU_unseen {facts['chance_unseen']:.1f}; tiny CLIP zero-shot accuracy on unseen objects "
+        f"{facts['clip_zero_shot_accuracy_unseen']:.1f}%"
+    )
     print(f"wrote {report} ({(time.time() - started) / 60:.1f} min)")
     return 0

@@ -42,7 +42,11 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     (argparse alone stops filling a positional list once an option has come between its items.)
     """
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -38,30 +38,62 @@ HELP = "segment images with any class names (writes label PNGs, overlays with a 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (the images directly inside) or quoted glob patterns ('**' recurses)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (the images directly inside) or quoted glob patterns ('**' recurses)",
+    )
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--classes", help='class names separated by commas, e.g. "cat, dog, grass"')
-    names.add_argument("--classes-file", type=Path, help="a text file with one class name per line (blank lines skipped)")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors")
-    parser.add_argument("--clip-weights", type=Path,
-                        help="OpenAI CLIP ViT-B-16.pt (or it converted): the text tower that embeds the class names; "
-                             "needed when the checkpoint has none, used instead of the checkpoint's when given")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="smoke test only: a ViT-B/16-sized model with random weights; the output is meaningless")
-    parser.add_argument("--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)")
-    parser.add_argument("--background", type=float, nargs="?", const=0.5, metavar="T",
-                        help="label pixels where no class reaches probability T (default 0.5) as background (255)")
+    names.add_argument(
+        "--classes-file", type=Path, help="a text file with one class name per line (blank lines skipped)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors",
+    )
+    parser.add_argument(
+        "--clip-weights",
+        type=Path,
+        help="OpenAI CLIP ViT-B-16.pt (or it converted): the text tower that embeds the class names; "
+        "needed when the checkpoint has none, used instead of the checkpoint's when given",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="smoke test only: a ViT-B/16-sized model with random weights; the output is meaningless",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--background",
+        type=float,
+        nargs="?",
+        const=0.5,
+        metavar="T",
+        help="label pixels where no class reaches probability T (default 0.5) as background (255)",
+    )
     parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
-    parser.add_argument("--mode", choices=["slide", "whole"], default="slide",
-                        help="sliding 512 windows as the authors evaluate (default), or one forward per image")
-    parser.add_argument("--single-template", action="store_true",
-                        help='embed names with "a photo of a {}" only, instead of the 15-template ensemble')
+    parser.add_argument(
+        "--mode",
+        choices=["slide", "whole"],
+        default="slide",
+        help="sliding 512 windows as the authors evaluate (default), or one forward per image",
+    )
+    parser.add_argument(
+        "--single-template",
+        action="store_true",
+        help='embed names with "a photo of a {}" only, instead of the 15-template ensemble',
+    )
     parser.add_argument("--short-side", type=int, help="resize the short side to this before inference (default: 512)")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)")
-    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")  # fmt: skip
+    parser.add_argument(
+        "--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
 
 
 def read_class_names(args: argparse.Namespace) -> list[str]:
@@ -106,8 +138,10 @@ def find_images(inputs: list[str], out: Path) -> list[Path]:
     stems: dict[str, Path] = {}
     for path in found:
         if path.stem in stems:
-            raise UserError(f"{stems[path.stem]} and {path} would write the same outputs ({path.stem}_*); "
-                            "rename one or segment them into different --out folders")  # fmt: skip
+            raise UserError(
+                f"{stems[path.stem]} and {path} would write the same outputs ({path.stem}_*); "
+                "rename one or segment them into different --out folders"
+            )
         stems[path.stem] = path
     for path in found:
         load_image(path)  # every image decodes before anything is written
@@ -146,12 +180,15 @@ def write_outputs(
     background = settings["background"]
     background_text = f"{BACKGROUND_NAME} (no class >= {background:.2f})" if background is not None else None
     caption = "RANDOM WEIGHTS: the labels are noise." if settings["checkpoint"] == "random" else ""
-    picture, legend_lines = segmentation_overlay(image, prediction.labels, names, colors, background_text, caption=caption)
+    picture, legend_lines = segmentation_overlay(
+        image, prediction.labels, names, colors, background_text, caption=caption
+    )
     info = PngInfo()
     info.add_text("Description", "Cascade-CLIP segmentation. " + "; ".join(legend_lines))
     atomic_write(paths["overlay"], lambda tmp: picture.save(tmp, format="PNG", pnginfo=info))
 
     if paths["scores"] is not None:
+
         def write_scores(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, scores=prediction.scores, names=np.array(names))
@@ -173,23 +210,34 @@ def write_outputs(
             }
             for i, name in enumerate(names)
         ],
-        "background": None if background is None else {
-            "index": BACKGROUND_LABEL, "threshold": background, "pixel_share": round(prediction.background_share, 6),
+        "background": None
+        if background is None
+        else {
+            "index": BACKGROUND_LABEL,
+            "threshold": background,
+            "pixel_share": round(prediction.background_share, 6),
         },
         "files": {k: p.name for k, p in paths.items() if p is not None and k != "summary"},
         "settings": settings,
-    }  # fmt: skip
+    }
     atomic_write(paths["summary"], lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
 
 
 def build_segmenter(args: argparse.Namespace) -> Segmenter:
-    options = dict(device=args.device, templates="single" if args.single_template else "multi", mode=args.mode,
-                   short_side=args.short_side, bf16=args.bf16)  # fmt: skip
+    options = dict(
+        device=args.device,
+        templates="single" if args.single_template else "multi",
+        mode=args.mode,
+        short_side=args.short_side,
+        bf16=args.bf16,
+    )
     if args.random_weights:
         if args.checkpoint is not None:
             raise UserError("give --checkpoint or --random-weights, not both")
-        print("RANDOM weights (--random-weights): the segmentations written are meaningless; this only tests the path",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "RANDOM weights (--random-weights): the segmentations written are meaningless; this only tests the path",
+            file=sys.stderr,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return Segmenter.with_random_weights(**options)
@@ -206,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
         if BACKGROUND_NAME in (n.casefold() for n in names):
             raise UserError(f"a class is named {BACKGROUND_NAME!r} and --background is set; drop one of them")
     elif len(names) == 1:
-        print(f"note: with one class and no --background every pixel is {names[0]!r}; add --background or more names",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: with one class and no --background every pixel is {names[0]!r}; add --background or more names",
+            file=sys.stderr,
+        )
     images = find_images(args.inputs, args.out)
     segmenter = build_segmenter(args)
     settings = {
@@ -231,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
         prediction = segmenter.predict(image, names, args.background, scores=args.scores, scores_dtype=np.float16)
         write_outputs(image_path, image, prediction, paths, colors, settings)
     skipped = f" ({done} already done, skipped)" if done else ""
-    print(f"segmented {len(images)} image(s) into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
-          + (", *_scores.npz" if args.scores else "")
-          + (". The weights were RANDOM: the labels are meaningless" if args.random_weights else ""))  # fmt: skip
+    print(
+        f"segmented {len(images)} image(s) into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
+        + (", *_scores.npz" if args.scores else "")
+        + (". The weights were RANDOM: the labels are meaningless" if args.random_weights else "")
+    )
     return 0

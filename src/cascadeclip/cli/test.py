@@ -31,27 +31,41 @@ HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="preset name (e.g. voc-inductive, coco-to-voc) or a YAML config file")
     parser.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. test.mode=whole")
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="our .safetensors, or an authors' .pth (unpickled: trusted files only)")  # fmt: skip
-    parser.add_argument("--data-root", help="folder holding VOCdevkit/ and coco_stuff164k/ "
-                        "(default: data.root, else $CASCADECLIP_DATA_ROOT, else ./datasets)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="our .safetensors, or an authors' .pth (unpickled: trusted files only)",
+    )
+    parser.add_argument(
+        "--data-root",
+        help="folder holding VOCdevkit/ and coco_stuff164k/ "
+        "(default: data.root, else $CASCADECLIP_DATA_ROOT, else ./datasets)",
+    )
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--show-dir", type=Path, help="write image | ground truth | prediction pictures here")
-    parser.add_argument("--clip-weights", type=Path,
-                        help="OpenAI ViT-B-16.pt: its text tower embeds the class names when no .npy is found")  # fmt: skip
+    parser.add_argument(
+        "--clip-weights",
+        type=Path,
+        help="OpenAI ViT-B-16.pt: its text tower embeds the class names when no .npy is found",
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="count and list unusable images instead of stopping; the numbers then leave them out "
-                        "and the exit status is 1")  # fmt: skip
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="count and list unusable images instead of stopping; the numbers then leave them out "
+        "and the exit status is 1",
+    )
 
 
 def _picture_writer(show_dir: Path, cfg: Config):
     def write(item: dict[str, Any], prediction: torch.Tensor) -> None:
         image = read_image(Path(item["image_path"]))
-        picture = prediction_picture(image, item["label"].numpy(), prediction.numpy(), cfg.classes.names,
-                                     cfg.classes.unseen)  # fmt: skip
+        picture = prediction_picture(
+            image, item["label"].numpy(), prediction.numpy(), cfg.classes.names, cfg.classes.unseen
+        )
         atomic_write(show_dir / f"{item['name']}.png", lambda tmp: picture.save(tmp, format="PNG"))
 
     return write
@@ -66,17 +80,30 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
     if info.is_main:
         print(report.summary())
         print(f"class embeddings: {text_source}")
-        if stored_classes is not None and (stored_classes.names, stored_classes.setting) != (cfg.classes.names, cfg.classes.setting):
-            print(f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
-                  f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}")  # fmt: skip
+        if stored_classes is not None and (stored_classes.names, stored_classes.setting) != (
+            cfg.classes.names,
+            cfg.classes.setting,
+        ):
+            print(
+                f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
+                f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}"
+            )
         share = f" over {info.world_size} processes" if info.world_size > 1 else ""
-        print(f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}{share}: {len(dataset)} images"
-              f"{' in process 0' if share else ''}, {cfg.test.mode} inference")  # fmt: skip
+        print(
+            f"evaluating {cfg.name} on {cfg.classes.dataset} {args.split}{share}: {len(dataset)} images"
+            f"{' in process 0' if share else ''}, {cfg.test.mode} inference"
+        )
     results = evaluate(
-        model, cfg, text, dataset=dataset, workers=args.workers, device=info.device,
-        skip_bad=args.skip_bad, progress=info.is_main,
+        model,
+        cfg,
+        text,
+        dataset=dataset,
+        workers=args.workers,
+        device=info.device,
+        skip_bad=args.skip_bad,
+        progress=info.is_main,
         on_prediction=_picture_writer(args.show_dir, cfg) if args.show_dir else None,
-    )  # fmt: skip
+    )
     return results | {"embeddings": text_source}
 
 
@@ -90,9 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         print(results_table(results))
         if args.out:
-            record = {"config": cfg.name, "dataset": cfg.classes.dataset, "split": args.split,
-                      "setting": cfg.classes.setting, "checkpoint": str(args.checkpoint), "test": to_dict(cfg.test),
-                      **results}  # fmt: skip
+            record = {
+                "config": cfg.name,
+                "dataset": cfg.classes.dataset,
+                "split": args.split,
+                "setting": cfg.classes.setting,
+                "checkpoint": str(args.checkpoint),
+                "test": to_dict(cfg.test),
+                **results,
+            }
             atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
             print(f"wrote {args.out}")
         if args.show_dir:

@@ -22,8 +22,28 @@ from pathlib import Path
 
 import yaml
 
-from .class_names import COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN, CONTEXT_CLASSES, CONTEXT_UNSEEN, VOC_CLASSES, VOC_UNSEEN, WORLD_CLASSES, WORLD_UNSEEN
-from .schema import ClassesConfig, Config, DataConfig, HeadConfig, ImageEncoderConfig, ModelConfig, TestConfig, TrainConfig, apply_overrides, merge
+from .class_names import (
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_UNSEEN,
+    CONTEXT_CLASSES,
+    CONTEXT_UNSEEN,
+    VOC_CLASSES,
+    VOC_UNSEEN,
+    WORLD_CLASSES,
+    WORLD_UNSEEN,
+)
+from .schema import (
+    ClassesConfig,
+    Config,
+    DataConfig,
+    HeadConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    TestConfig,
+    TrainConfig,
+    apply_overrides,
+    merge,
+)
 from ..utils import UserError
 
 _DATASETS = {
@@ -35,8 +55,14 @@ _DATASETS = {
 _INDUCTIVE_ITERS = {"voc": 20000, "context": 40000, "coco": 80000}
 
 
-def _preset(name: str, dataset: str, setting: str, prompt_tokens: int | None = None, all_seen: bool = False,
-            train: TrainConfig | None = None) -> Config:  # fmt: skip
+def _preset(
+    name: str,
+    dataset: str,
+    setting: str,
+    prompt_tokens: int | None = None,
+    all_seen: bool = False,
+    train: TrainConfig | None = None,
+) -> Config:
     names, unseen, tokens, embeddings, templates = _DATASETS[dataset]
     classes = ClassesConfig(
         dataset=dataset,
@@ -82,10 +108,14 @@ def world_preset(setting: str, iters: int = WORLD_INDUCTIVE_ITERS) -> Config:
     iterations). The CLIP file (`train.clip_weights`) and the data root are filled in by `cascadeclip.world`."""
     size = WORLD_IMAGE_SIZE
     model = ModelConfig(
-        image_encoder=ImageEncoderConfig(image_size=size, patch_size=8, width=64, heads=2, output_dim=64, prompt_tokens=4),
+        image_encoder=ImageEncoderConfig(
+            image_size=size, patch_size=8, width=64, heads=2, output_dim=64, prompt_tokens=4
+        ),
         head=HeadConfig(dim=64, heads=2, ffn_dim=256),
     )
-    classes = ClassesConfig(dataset="world", names=WORLD_CLASSES, unseen=WORLD_UNSEEN, setting=setting, templates="single")
+    classes = ClassesConfig(
+        dataset="world", names=WORLD_CLASSES, unseen=WORLD_UNSEEN, setting=setting, templates="single"
+    )
     inductive = setting == "inductive"
     train = TrainConfig(
         iters=iters if inductive else iters // 2,
@@ -101,8 +131,9 @@ def world_preset(setting: str, iters: int = WORLD_INDUCTIVE_ITERS) -> Config:
         log_interval=10,
     )
     test = TestConfig(mode="whole", short_side=size, crop_size=size, stride=size, window_batch=1)
-    return Config(name=f"world-{setting}", model=model, classes=classes, data=DataConfig(num_workers=0), train=train,
-                  test=test)  # fmt: skip
+    return Config(
+        name=f"world-{setting}", model=model, classes=classes, data=DataConfig(num_workers=0), train=train, test=test
+    )
 
 
 PRESETS: dict[str, Config] = {

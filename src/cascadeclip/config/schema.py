@@ -91,7 +91,9 @@ class ModelConfig:
         if enc.image_size % enc.patch_size:
             raise ValueError(f"model: image_size {enc.image_size} is not a multiple of patch_size {enc.patch_size}")
         if list(enc.tap_blocks) != sorted(set(enc.tap_blocks)) or any(not 0 <= b < enc.layers for b in enc.tap_blocks):
-            raise ValueError(f"model: tap_blocks {enc.tap_blocks} must be increasing block indices in [0, {enc.layers})")
+            raise ValueError(
+                f"model: tap_blocks {enc.tap_blocks} must be increasing block indices in [0, {enc.layers})"
+            )
         for stage in head.stages:
             if not stage or any(not 0 <= m < enc.num_maps for m in stage):
                 raise ValueError(f"model: stage {stage} must be non-empty map indices in [0, {enc.num_maps})")

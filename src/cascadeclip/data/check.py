@@ -13,7 +13,17 @@ from functools import partial
 from tqdm import tqdm
 
 from ..utils import UserError
-from .datasets import Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_image_size, read_label  # fmt: skip
+from .datasets import (
+    Layout,
+    Sample,
+    check_sizes_match,
+    data_root,
+    get_layout,
+    list_samples,
+    read_image,
+    read_image_size,
+    read_label,
+)
 
 
 @dataclass

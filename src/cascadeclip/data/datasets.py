@@ -86,7 +86,9 @@ LAYOUTS = {
 # The miniature world (`cascadeclip.world`): VOC 2012's folders and label convention, without the aug set, in a
 # folder of its own so that a root is never taken for the other dataset.
 LAYOUTS["world"] = replace(
-    LAYOUTS["voc"], base="VOCdevkit/World", splits={**LAYOUTS["voc"].splits, "train": LAYOUTS["voc"].splits["train"][:1]}
+    LAYOUTS["voc"],
+    base="VOCdevkit/World",
+    splits={**LAYOUTS["voc"].splits, "train": LAYOUTS["voc"].splits["train"][:1]},
 )
 
 

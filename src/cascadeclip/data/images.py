@@ -70,7 +70,11 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        hint = " (it looks channels-first: use array.transpose(1, 2, 0))" if array.ndim == 3 and array.shape[0] in (1, 3, 4) else ""
+        hint = (
+            " (it looks channels-first: use array.transpose(1, 2, 0))"
+            if array.ndim == 3 and array.shape[0] in (1, 3, 4)
+            else ""
+        )
         raise UserError(f"an image array must have shape (H, W) or (H, W, 1/3/4), got {array.shape}{hint}")
     if array.dtype == np.uint8:
         pixels = array
@@ -81,12 +85,16 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     elif np.issubdtype(array.dtype, np.floating):
         low, high = float(np.nanmin(array)), float(np.nanmax(array))
         if np.isnan(array).any() or low < 0 or high > 1:
-            raise UserError(f"a float image array must hold values in [0, 1], got {low:g}..{high:g}; "
-                            "scale it (e.g. array / 255) or pass uint8")  # fmt: skip
+            raise UserError(
+                f"a float image array must hold values in [0, 1], got {low:g}..{high:g}; "
+                "scale it (e.g. array / 255) or pass uint8"
+            )
         pixels = np.round(array * 255).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer):
         if array.min() < 0 or array.max() > 255:
-            raise UserError(f"an integer image array of type {array.dtype} must hold 0..255; pass uint16 for 16-bit images")
+            raise UserError(
+                f"an integer image array of type {array.dtype} must hold 0..255; pass uint16 for 16-bit images"
+            )
         pixels = array.astype(np.uint8)
     else:
         raise UserError(f"cannot read an image array of type {array.dtype}")

@@ -58,7 +58,9 @@ class RunDirectory:
         holds_run = self.status_file.is_file() or bool(self.checkpoints())
         if holds_run and not resume and not force:
             status = self.status()
-            what = "a finished run" if status.get("finished") else f"a run stopped at iteration {status.get('iteration')}"
+            what = (
+                "a finished run" if status.get("finished") else f"a run stopped at iteration {status.get('iteration')}"
+            )
             raise UserError(
                 f"{self.path} already holds {what}. Use --resume to continue it, --force to delete it and start "
                 "over, or choose another --run-dir"
@@ -105,5 +107,7 @@ class RunDirectory:
     def truncate_log(self, iteration: int) -> None:
         """Drop records past `iteration`: a resumed run recomputes them."""
         if self.log.is_file():
-            keep = [line for line in self.log.read_text().splitlines() if line and json.loads(line)["iter"] <= iteration]
+            keep = [
+                line for line in self.log.read_text().splitlines() if line and json.loads(line)["iter"] <= iteration
+            ]
             atomic_write(self.log, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))

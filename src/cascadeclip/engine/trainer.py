@@ -144,9 +144,11 @@ def train(
     text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, model.text_encoder)
     text = text.to(dist_info.device)
     if evaluate_fn is None:
+
         def evaluate_fn(bare_model: CascadeCLIP, iteration: int) -> dict:
             results = evaluate(bare_model, cfg, text)
             return {key: results[key] for key in HEADLINE_METRICS}
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=tcfg.precision == "fp16")
@@ -156,23 +158,27 @@ def train(
         scaler.load_state_dict(state["scaler"])
         _restore_rng(state["rng"], dist_info)
     # The last decoder layer's value path and FFN never receive gradients (as in the reference): DDP must know.
-    trained = (
-        DistributedDataParallel(model, find_unused_parameters=True) if dist_info.world_size > 1 else model
-    )
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.world_size > 1 else model
 
     layout = get_layout(classes.dataset)
     stream = TrainingStream(list_samples(classes.dataset, cfg.data.root, "train"), layout, tcfg)
-    sampler = StreamSampler(start, tcfg.iters, tcfg.batch_size, tcfg.accumulation_steps, dist_info.rank,
-                            dist_info.world_size)  # fmt: skip
+    sampler = StreamSampler(
+        start, tcfg.iters, tcfg.batch_size, tcfg.accumulation_steps, dist_info.rank, dist_info.world_size
+    )
     loader = DataLoader(
-        stream, batch_size=per_device, sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=dist_info.device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+        stream,
+        batch_size=per_device,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
         generator=torch.Generator().manual_seed(tcfg.seed),  # keeps the loader off the global RNG (dropout's)
-    )  # fmt: skip
+    )
     batches = iter(loader)
 
-    bar = tqdm(total=tcfg.iters, initial=start, desc="train", disable=not (progress and dist_info.is_main),
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=tcfg.iters, initial=start, desc="train", disable=not (progress and dist_info.is_main), dynamic_ncols=True
+    )
     last_checkpoint, last_loss, started = run.model_path(start), math.nan, time.time()
     for iteration in range(start, tcfg.iters):
         lr = learning_rate(iteration, tcfg)
@@ -185,12 +191,21 @@ def train(
             images = images.to(dist_info.device, non_blocking=True)
             labels = labels.to(dist_info.device, non_blocking=True)
             sync = step == tcfg.accumulation_steps - 1 or dist_info.world_size == 1
-            with (contextlib.nullcontext() if sync else trained.no_sync()), _autocast(tcfg.precision, dist_info.device):
-                losses = training_losses(trained, images, labels, text, classes.seen, classes.unseen,
-                                         classes.setting, normaliser=torch.ones((), device=dist_info.device))  # fmt: skip
+            with contextlib.nullcontext() if sync else trained.no_sync(), _autocast(tcfg.precision, dist_info.device):
+                losses = training_losses(
+                    trained,
+                    images,
+                    labels,
+                    text,
+                    classes.seen,
+                    classes.unseen,
+                    classes.setting,
+                    normaliser=torch.ones((), device=dist_info.device),
+                )
                 scaler.scale(losses["loss_focal"] + losses["loss_dice"]).backward()
-            sums += torch.stack([losses["loss_focal"].detach(), losses["loss_dice"].detach(),
-                                 losses["num_pairs"].float()])  # fmt: skip
+            sums += torch.stack(
+                [losses["loss_focal"].detach(), losses["loss_dice"].detach(), losses["num_pairs"].float()]
+            )
         all_reduce_sum(sums)
         # N_m of the reference: pairs of the whole step over the processes, per process, at least 1. DDP has
         # averaged the gradients over processes, so dividing by N_m yields the loss sum over the step / all pairs.
@@ -208,8 +223,16 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
         if dist_info.is_main and (done % tcfg.log_interval == 0 or done == tcfg.iters or done == 1):
-            run.append_log({"iter": done, "loss": last_loss, "loss_focal": focal, "loss_dice": dice, "lr": lr,
-                            "time": round(time.time() - started, 3)})  # fmt: skip
+            run.append_log(
+                {
+                    "iter": done,
+                    "loss": last_loss,
+                    "loss_focal": focal,
+                    "loss_dice": dice,
+                    "lr": lr,
+                    "time": round(time.time() - started, 3),
+                }
+            )
         if tcfg.eval_interval and done % tcfg.eval_interval == 0:
             metrics = evaluate_fn(model.eval(), done)
             model.train()
@@ -227,4 +250,3 @@ def train(
             barrier()
     bar.close()
     return TrainResult(last_checkpoint, tcfg.iters, last_loss)
-

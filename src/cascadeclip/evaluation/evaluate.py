@@ -102,8 +102,10 @@ def class_text(cfg: Config, model: CascadeCLIP, clip_weights: str | Path | None 
     except ValueError as err:
         raise UserError(str(err)) from None
     if text.shape[1] != model.cfg.head.dim:
-        raise UserError(f"class embeddings from {source} are {text.shape[1]}-d but the model expects "
-                        f"{model.cfg.head.dim}-d; use the embeddings of the model's CLIP")  # fmt: skip
+        raise UserError(
+            f"class embeddings from {source} are {text.shape[1]}-d but the model expects "
+            f"{model.cfg.head.dim}-d; use the embeddings of the model's CLIP"
+        )
     if embedding_file is None and classes.text_embeddings:
         source += f" ({classes.text_embeddings} not found as a path or in ${EMBEDDINGS_DIR_ENV})"
     return text, source
@@ -156,9 +158,16 @@ def evaluate_samples(
                 continue
             label = item["label"].to(device, non_blocking=True)
             scores = predict_scores(
-                model, item["image"].to(device, non_blocking=True)[None], text, shift, mode=test.mode,
-                crop=test.crop_size, stride=test.stride, window_batch=test.window_batch, out_size=tuple(label.shape),
-            )  # fmt: skip
+                model,
+                item["image"].to(device, non_blocking=True)[None],
+                text,
+                shift,
+                mode=test.mode,
+                crop=test.crop_size,
+                stride=test.stride,
+                window_batch=test.window_batch,
+                out_size=tuple(label.shape),
+            )
             prediction = scores[0].argmax(0)
             counts.update(prediction, label)
             if on_prediction is not None:

@@ -19,7 +19,6 @@ from ..engine.distributed import all_reduce_sum
 from ..utils import IGNORE_INDEX
 
 
-
 class IoUAccumulator:
     """Per-class pixel counts summed over images and, with `all_reduce`, over processes.
 

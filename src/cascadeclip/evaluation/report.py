@@ -53,7 +53,11 @@ def prediction_picture(
     marked = [f"{name} (unseen)" if i in unseen else name for i, name in enumerate(names)]
     both = np.concatenate([label.ravel(), prediction.ravel()])
     return side_by_side(
-        [picture, overlay(picture, label, colors), overlay(picture, prediction, colors),
-         present_legend(both, marked, colors, picture.height)],
+        [
+            picture,
+            overlay(picture, label, colors),
+            overlay(picture, prediction, colors),
+            present_legend(both, marked, colors, picture.height),
+        ],
         ["image", "ground truth", "prediction", "classes"],
-    )  # fmt: skip
+    )

@@ -171,8 +171,11 @@ class TextEmbeddingCache:
             atomic_write(self._path(name), write)
         except OSError as err:
             if not self._warned:
-                warnings.warn(f"cannot write the text-embedding cache in {self.folder} ({err}); set ${CACHE_ENV} "
-                              "to a writable folder to keep embeddings between runs", stacklevel=3)  # fmt: skip
+                warnings.warn(
+                    f"cannot write the text-embedding cache in {self.folder} ({err}); set ${CACHE_ENV} "
+                    "to a writable folder to keep embeddings between runs",
+                    stacklevel=3,
+                )
                 self._warned = True
 
 
@@ -188,7 +191,11 @@ def class_embeddings(
     if path is not None:
         return load_embedding_file(path, num_classes=len(names))
     if text_encoder is None:
-        wanted = f"the file {embedding_file!r} was not found (searched as a path and in ${EMBEDDINGS_DIR_ENV}) and " if embedding_file else ""
+        wanted = (
+            f"the file {embedding_file!r} was not found (searched as a path and in ${EMBEDDINGS_DIR_ENV}) and "
+            if embedding_file
+            else ""
+        )
         raise ValueError(
             f"no class embeddings: {wanted}no CLIP text tower is loaded to compute them. Give the OpenAI ViT-B-16.pt "
             f"file (--clip-weights) or set ${EMBEDDINGS_DIR_ENV} to the folder holding the authors' .npy files"

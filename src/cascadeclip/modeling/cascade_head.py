@@ -37,7 +37,9 @@ class CascadeHead(nn.Module):
         # as in the reference, where the single-map last stage has none.
         for s, stage in enumerate(cfg.stages):
             if len(stage) > 1:
-                self.register_parameter(f"weights_s{s + 1}", nn.Parameter(torch.tensor(gaussian_stage_weights(len(stage)))))
+                self.register_parameter(
+                    f"weights_s{s + 1}", nn.Parameter(torch.tensor(gaussian_stage_weights(len(stage))))
+                )
 
     def stage_memory(self, s: int, maps: list[torch.Tensor]) -> torch.Tensor:
         """Aggregate the maps of stage s: list of (B, D, h, w) -> (B, h*w, D)."""

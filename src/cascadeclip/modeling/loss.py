@@ -15,7 +15,6 @@ from ..engine.distributed import all_reduce_sum, is_distributed
 from ..utils import IGNORE_INDEX
 
 
-
 def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, H, W) labels in [0, C) or 255 -> (B, C, H, W) float targets, all zero on ignored pixels."""
     valid = labels != IGNORE_INDEX

@@ -33,7 +33,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """(B, C, D) queries, (B, N, D) memory -> (B, C, D) attended values, projected."""
-        q, k, v = self._split_heads(self.q(queries)), self._split_heads(self.k(memory)), self._split_heads(self.v(memory))
+        q, k, v = (
+            self._split_heads(self.q(queries)),
+            self._split_heads(self.k(memory)),
+            self._split_heads(self.v(memory)),
+        )
         dropout = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         return self.proj(out.transpose(1, 2).flatten(2))

@@ -87,7 +87,16 @@ def slide_predictor(
     test = cfg.test
 
     def predict(image: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return predict_scores(model, image, text, shift, mode=test.mode, crop=test.crop_size, stride=test.stride,
-                              window_batch=test.window_batch, out_size=out_size)  # fmt: skip
+        return predict_scores(
+            model,
+            image,
+            text,
+            shift,
+            mode=test.mode,
+            crop=test.crop_size,
+            stride=test.stride,
+            window_batch=test.window_batch,
+            out_size=out_size,
+        )
 
     return predict

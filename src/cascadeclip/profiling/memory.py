@@ -82,8 +82,11 @@ class ActivationTracker(TorchDispatchMode):
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         for tensor in outputs:
             self._follow(tensor)
-        working = {_storage_key(t): t.untyped_storage().nbytes() for t in tree_leaves((args, kwargs, out))
-                   if isinstance(t, torch.Tensor)}  # fmt: skip
+        working = {
+            _storage_key(t): t.untyped_storage().nbytes()
+            for t in tree_leaves((args, kwargs, out))
+            if isinstance(t, torch.Tensor)
+        }
         self.largest_op = max(self.largest_op, sum(n for k, n in working.items() if k not in self._excluded))
         return out
 

@@ -30,8 +30,9 @@ class Timing:
     @classmethod
     def of(cls, seconds: list[float]) -> Timing:
         q = statistics.quantiles(seconds, n=4, method="inclusive") if len(seconds) > 1 else seconds * 3
-        return cls(len(seconds), statistics.median(seconds), statistics.fmean(seconds), min(seconds), max(seconds),
-                   q[0], q[2])  # fmt: skip
+        return cls(
+            len(seconds), statistics.median(seconds), statistics.fmean(seconds), min(seconds), max(seconds), q[0], q[2]
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -56,12 +56,22 @@ def build_clip(cfg: TinyClipConfig) -> CLIP:
     torch.manual_seed(cfg.seed)
     return CLIP(
         cfg.embed_dim,
-        CLIPVisionCfg(layers=cfg.layers, width=cfg.width, patch_size=cfg.patch_size, image_size=cfg.image_size,
-                      head_width=cfg.head_width),
-        CLIPTextCfg(context_length=cfg.context_length, vocab_size=49408, width=cfg.text_width,
-                    heads=max(1, cfg.text_width // 64), layers=cfg.text_layers),
+        CLIPVisionCfg(
+            layers=cfg.layers,
+            width=cfg.width,
+            patch_size=cfg.patch_size,
+            image_size=cfg.image_size,
+            head_width=cfg.head_width,
+        ),
+        CLIPTextCfg(
+            context_length=cfg.context_length,
+            vocab_size=49408,
+            width=cfg.text_width,
+            heads=max(1, cfg.text_width // 64),
+            layers=cfg.text_layers,
+        ),
         quick_gelu=True,
-    )  # fmt: skip
+    )
 
 
 def image_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -82,8 +92,9 @@ def pretraining_batch(cfg: TinyClipConfig, step: int) -> tuple[torch.Tensor, lis
     return image_batch(images), captions
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                     captions: list[str]) -> torch.Tensor:  # fmt: skip
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, captions: list[str]
+) -> torch.Tensor:
     """CLIP's symmetric cross-entropy, where identical captions in a batch all count as matches (a batch often holds
     several 'a photo of a red plain'; calling them negatives of each other would be false). `logit_scale` is the
     inverse temperature, already exponentiated as open_clip's CLIP returns it."""
@@ -130,8 +141,10 @@ def zero_shot_accuracy(clip: CLIP, cfg: TinyClipConfig, classes: tuple[int, ...]
     text = F.normalize(clip.encode_text(tokenize(prompts, context_length=cfg.context_length)), dim=-1)
     correct, per_class = 0, cfg.zero_shot_images
     for c in classes:
-        scenes = [single_object(scene_rng(cfg.seed, "zero_shot", c * per_class + i), c, cfg.image_size)
-                  for i in range(per_class)]  # fmt: skip
+        scenes = [
+            single_object(scene_rng(cfg.seed, "zero_shot", c * per_class + i), c, cfg.image_size)
+            for i in range(per_class)
+        ]
         features = F.normalize(clip.encode_image(image_batch([s.image for s in scenes])), dim=-1)
         correct += int(((features @ text.T).argmax(1) == c).sum())
     return correct / (per_class * len(classes))

@@ -48,8 +48,13 @@ class WorldRecipe:
 
     @property
     def clip(self) -> TinyClipConfig:
-        return TinyClipConfig(image_size=WORLD_IMAGE_SIZE, steps=self.clip_steps, batch_size=self.clip_batch,
-                              zero_shot_images=self.zero_shot_images, seed=self.seed)  # fmt: skip
+        return TinyClipConfig(
+            image_size=WORLD_IMAGE_SIZE,
+            steps=self.clip_steps,
+            batch_size=self.clip_batch,
+            zero_shot_images=self.zero_shot_images,
+            seed=self.seed,
+        )
 
     @classmethod
     def smoke(cls, seed: int = 0) -> WorldRecipe:
@@ -67,13 +72,21 @@ class ProtocolResult:
     runs: dict[str, Path]  # "<variant>-<setting>" -> run folder
     configs: dict[str, Config]
     data_root: Path
-    seconds: dict[str, float]  # wall time of each stage: "dataset", "clip", "<variant>-<setting>" (training + evaluation)
+    seconds: dict[
+        str, float
+    ]  # wall time of each stage: "dataset", "clip", "<variant>-<setting>" (training + evaluation)
 
 
 def world_dataset(recipe: WorldRecipe, cache: Path | None = None) -> Path:
     """The dataset root of the recipe's world, written on first use."""
-    spec = {"version": WORLD_VERSION, "seed": recipe.seed, "size": WORLD_IMAGE_SIZE, "train": recipe.train_images,
-            "val": recipe.val_images, "layout": get_layout("world").base}  # fmt: skip
+    spec = {
+        "version": WORLD_VERSION,
+        "seed": recipe.seed,
+        "size": WORLD_IMAGE_SIZE,
+        "train": recipe.train_images,
+        "val": recipe.val_images,
+        "layout": get_layout("world").base,
+    }
 
     def build(folder: Path) -> None:
         write_dataset(folder, recipe.seed, WORLD_IMAGE_SIZE, recipe.train_images, recipe.val_images)
@@ -143,8 +156,12 @@ def run_protocol(
             result = train(cfg, runs / name, force=True, device=device, progress=progress)
             model, _, _ = load_checkpoint(result.checkpoint, base=cfg.model)
             kept = predictions[name] = {}
-            metrics[name] = evaluate(model.to(device), cfg, progress=progress,
-                                     on_prediction=lambda item, pred, kept=kept: kept.update({item["name"]: pred.numpy()}))  # fmt: skip
+            metrics[name] = evaluate(
+                model.to(device),
+                cfg,
+                progress=progress,
+                on_prediction=lambda item, pred, kept=kept: kept.update({item["name"]: pred.numpy()}),
+            )
             if setting == "inductive":  # what the 0.1 calibration of the protocol changes
                 unshifted[name] = evaluate(model, replace(cfg, classes=replace(cfg.classes, seen_score_shift=0.0)))
             run_dirs[name], configs[name] = runs / name, cfg

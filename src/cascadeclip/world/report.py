@@ -69,55 +69,66 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
         variant, setting = name.split("-")
         label = "cascade (3 stages)" if variant == "cascade" else "single last-layer decoder"
         rows.append(f"| {label} | {setting} | " + " | ".join(percent(m[k]) for k in HEADLINE) + " |")
-    for kind, label in (("uniform", "chance: a uniformly random class per pixel"),
-                        ("majority", f"chance: '{result.chance['majority']['class']}' everywhere")):  # fmt: skip
+    for kind, label in (
+        ("uniform", "chance: a uniformly random class per pixel"),
+        ("majority", f"chance: '{result.chance['majority']['class']}' everywhere"),
+    ):
         rows.append(f"| {label} | - | " + " | ".join(percent(result.chance[kind][k]) for k in HEADLINE) + " |")
     ratio = facts["cascade_inductive_unseen_over_chance"]
-    verdict = "n/a" if ratio is None else f"{ratio:.1f}x chance (target: at least 3x, {'met' if ratio >= 3 else 'NOT met'})"
+    verdict = (
+        "n/a" if ratio is None else f"{ratio:.1f}x chance (target: at least 3x, {'met' if ratio >= 3 else 'NOT met'})"
+    )
     cfg = result.configs["cascade-inductive"]
     unseen_names = ", ".join(cfg.classes.names[i] for i in cfg.classes.unseen)
-    return "\n".join([
-        "# Cascade-CLIP in the miniature world",
-        "",
-        f"20 classes (colour x pattern, e.g. 'red striped'), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
-        f"{recipe.val_images} validation scenes of {cfg.model.image_encoder.image_size} px; seed {recipe.seed}. "
-        f"Inductive runs: {recipe.iters} iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive "
-        f"runs: {recipe.iters // 2} more from the inductive midpoint. Metric: the project's evaluation on the "
-        "validation split (background ignored, as in VOC). Numbers are percentages.",
-        "",
-        *rows,
-        "",
-        f"**Chance level** (mIoU(U) of the better image-blind prediction): {percent(facts['chance_unseen'])}. The "
-        f"inductive cascade's mIoU(U) is {verdict}.",
-        "",
-        f"**Tiny CLIP zero-shot classification** of single objects from the class names alone (top-1 among all 20 "
-        f"classes): unseen classes {percent(facts['clip_zero_shot_accuracy_unseen'])}%, seen classes "
-        f"{percent(facts['clip_zero_shot_accuracy_seen'])}%. Everything the segmentor knows about unseen classes "
-        "comes from this frozen CLIP.",
-        "",
-        "**Cascade vs single decoder.** " + comparison_sentence(result, "inductive") + " "
-        + comparison_sentence(result, "transductive"),
-        "",
-        "In the inductive setting the protocol subtracts 0.1 from seen-class probabilities at test time (the "
-        "reference's calibration). Without it, the inductive models score:",
-        "",
-        "| model | mIoU(S) | mIoU(U) | hIoU |",
-        "|---|---:|---:|---:|",
-        *(f"| {name} | " + " | ".join(percent(m[k]) for k in HEADLINE) + " |" for name, m in result.unshifted.items()),
-        "",
-        "IoU of each unseen class:",
-        "",
-        *unseen_table(result),
-        "",
-        f"Wall time: {wall_time / 60:.1f} min, of which tiny CLIP pretraining {result.seconds['clip'] / 60:.1f} min "
-        "(near 0 when it was cached) and segmentation training and evaluation "
-        f"{sum(v for k, v in result.seconds.items() if k not in ('clip', 'dataset')) / 60:.1f} min.",
-        "",
-        "![predictions](predictions.png)",
-        "",
-        "![curves](curves.png)",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "# Cascade-CLIP in the miniature world",
+            "",
+            f"20 classes (colour x pattern, e.g. 'red striped'), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
+            f"{recipe.val_images} validation scenes of {cfg.model.image_encoder.image_size} px; seed {recipe.seed}. "
+            f"Inductive runs: {recipe.iters} iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive "
+            f"runs: {recipe.iters // 2} more from the inductive midpoint. Metric: the project's evaluation on the "
+            "validation split (background ignored, as in VOC). Numbers are percentages.",
+            "",
+            *rows,
+            "",
+            f"**Chance level** (mIoU(U) of the better image-blind prediction): {percent(facts['chance_unseen'])}. The "
+            f"inductive cascade's mIoU(U) is {verdict}.",
+            "",
+            f"**Tiny CLIP zero-shot classification** of single objects from the class names alone (top-1 among all 20 "
+            f"classes): unseen classes {percent(facts['clip_zero_shot_accuracy_unseen'])}%, seen classes "
+            f"{percent(facts['clip_zero_shot_accuracy_seen'])}%. Everything the segmentor knows about unseen classes "
+            "comes from this frozen CLIP.",
+            "",
+            "**Cascade vs single decoder.** "
+            + comparison_sentence(result, "inductive")
+            + " "
+            + comparison_sentence(result, "transductive"),
+            "",
+            "In the inductive setting the protocol subtracts 0.1 from seen-class probabilities at test time (the "
+            "reference's calibration). Without it, the inductive models score:",
+            "",
+            "| model | mIoU(S) | mIoU(U) | hIoU |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {name} | " + " | ".join(percent(m[k]) for k in HEADLINE) + " |"
+                for name, m in result.unshifted.items()
+            ),
+            "",
+            "IoU of each unseen class:",
+            "",
+            *unseen_table(result),
+            "",
+            f"Wall time: {wall_time / 60:.1f} min, of which tiny CLIP pretraining {result.seconds['clip'] / 60:.1f} min "
+            "(near 0 when it was cached) and segmentation training and evaluation "
+            f"{sum(v for k, v in result.seconds.items() if k not in ('clip', 'dataset')) / 60:.1f} min.",
+            "",
+            "![predictions](predictions.png)",
+            "",
+            "![curves](curves.png)",
+            "",
+        ]
+    )
 
 
 def unseen_table(result: ProtocolResult) -> list[str]:
@@ -137,8 +148,11 @@ def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
     names = list(cfg.classes.names)
     colors = palette(len(names))
     unseen = set(cfg.classes.unseen)
-    samples = [s for s in list_samples(cfg.classes.dataset, cfg.data.root, "val")
-               if unseen & set(np.unique(read_label(s.label, layout)).tolist())][:count]  # fmt: skip
+    samples = [
+        s
+        for s in list_samples(cfg.classes.dataset, cfg.data.root, "val")
+        if unseen & set(np.unique(read_label(s.label, layout)).tolist())
+    ][:count]
     rows = []
     for sample in samples:
         image = Image.fromarray(read_image(sample.image))
@@ -165,8 +179,11 @@ def curves_figure(result: ProtocolResult, path: Path) -> None:
         # A transductive run continues the inductive run's midpoint, i.e. after as many iterations as it runs itself.
         offset = result.configs[name].train.iters if name.endswith("transductive") else 0
         ax_seg.plot([r["iter"] + offset for r in records], [r["loss"] for r in records], label=name, linewidth=1)
-    ax_seg.set(title="segmentation training (focal x100 + dice)", xlabel="iteration (transductive: from midpoint)",
-               ylabel="loss")  # fmt: skip
+    ax_seg.set(
+        title="segmentation training (focal x100 + dice)",
+        xlabel="iteration (transductive: from midpoint)",
+        ylabel="loss",
+    )
     ax_seg.set_yscale("log")  # the first iterations' loss is 20x the rest
     ax_seg.legend()
     fig.tight_layout()
@@ -177,9 +194,17 @@ def curves_figure(result: ProtocolResult, path: Path) -> None:
 def write_report(result: ProtocolResult, recipe: WorldRecipe, out: Path, wall_time: float) -> Path:
     """Write the report folder's files (see the module docstring); returns the markdown file."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {**headline(result), "per_class": {k: v["per_class"] for k, v in result.metrics.items()},
-            "wall_time_seconds": wall_time, "recipe": {"seed": recipe.seed, "train_images": recipe.train_images,
-            "val_images": recipe.val_images, "iters": recipe.iters}}  # fmt: skip
+    data = {
+        **headline(result),
+        "per_class": {k: v["per_class"] for k, v in result.metrics.items()},
+        "wall_time_seconds": wall_time,
+        "recipe": {
+            "seed": recipe.seed,
+            "train_images": recipe.train_images,
+            "val_images": recipe.val_images,
+            "iters": recipe.iters,
+        },
+    }
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
     picture = prediction_picture(result)
     atomic_write(out / "predictions.png", lambda tmp: picture.save(tmp, format="png"))

@@ -101,7 +101,20 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, diameter: float, ang
         draw.polygon(_rotated(corners, angle, cx, cy), fill=1)
     elif shape == "cross":
         t = r / 3  # half the arm width
-        arm = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t), (-t, -t)]
+        arm = [
+            (-t, -r),
+            (t, -r),
+            (t, -t),
+            (r, -t),
+            (r, t),
+            (t, t),
+            (t, r),
+            (-t, r),
+            (-t, t),
+            (-r, t),
+            (-r, -t),
+            (-t, -t),
+        ]
         draw.polygon(_rotated(arm, angle, cx, cy), fill=1)
     else:
         raise ValueError(f"unknown shape {shape!r}")
