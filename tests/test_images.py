@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cascadeclip.utils import UserError
 from cascadeclip.data.images import load_image
+from cascadeclip.utils import UserError
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 
@@ -90,9 +90,10 @@ def test_segment_reads_every_kind_at_its_displayed_size(tmp_path, monkeypatch):
     """The CLI on a folder of awkward files: each label map has the size the image is shown at."""
     import torch
 
-    from cascadeclip.factory import save_model
     from cascadeclip.cli.main import main
+    from cascadeclip.factory import save_model
     from cascadeclip.modeling.cascade_clip import CascadeCLIP
+
     from conftest import tiny_model_config
 
     monkeypatch.setenv("CASCADECLIP_CACHE", str(tmp_path / "cache"))

@@ -19,7 +19,7 @@ def random_maps(seed: int, count: int = 6) -> list[tuple[np.ndarray, np.ndarray]
     (not counted: NaN), and predictions near the labels so that IoUs are spread out."""
     rng = np.random.default_rng(seed)
     pairs = []
-    for i in range(count):
+    for _ in range(count):
         height, width = rng.integers(5, 40, size=2)
         label = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 9], size=(height, width))
         prediction = np.where(

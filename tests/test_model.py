@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from cascadeclip.config import TextEncoderConfig, gaussian_stage_weights
+from cascadeclip.config.presets import PRESETS, get_preset
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector, window_starts
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses
 from cascadeclip.profiling.parameters import authors_parameter_counts, count_parameters
-from cascadeclip.config.presets import PRESETS, get_preset
+
 from conftest import tiny_model_config
 
 
@@ -151,8 +152,8 @@ def test_presets_follow_the_spec():
 
 
 def test_config_from_preset_yaml_and_overrides(tmp_path):
-    from cascadeclip.utils import UserError
     from cascadeclip.config.presets import resolve_config
+    from cascadeclip.utils import UserError
 
     (tmp_path / "small.yaml").write_text(
         "preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n"

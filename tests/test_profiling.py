@@ -9,11 +9,12 @@ import json
 
 import pytest
 import torch
-from test_fast_path import text_embeddings, tiny_model
 
 from cascadeclip.cli.main import main
 from cascadeclip.inference.fast_path import use_fast_path
 from cascadeclip.profiling.flops import count_flops
+
+from test_fast_path import text_embeddings, tiny_model
 
 
 def hand_count_multiply_adds(cfg, num_classes: int, prompts_as_keys: bool) -> int:

@@ -18,11 +18,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cascadeclip import Segmenter
-from cascadeclip.factory import save_model
 from cascadeclip.cli.main import main
+from cascadeclip.factory import save_model
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.segmenter import upsampled_strips
 from cascadeclip.visualize import palette
+
 from conftest import tiny_model_config
 from test_factory import make_openai_archive
 
@@ -132,7 +133,7 @@ def test_api_returns_one_mask_per_label_that_partition_the_image(checkpoint):
     assert all(s["mask"].mode == "L" and s["mask"].size == (image.shape[1], image.shape[0]) for s in segments)
     assert set(np.unique(masks)) <= {0, 255}
     assert ((masks == 255).sum(0) == 1).all()  # every pixel in exactly one mask
-    for s, mask in zip(segments, masks):
+    for s, mask in zip(segments, masks, strict=True):
         assert s["score"] == 0.0 if not mask.any() else 0 < s["score"] <= 1
 
     with_background = segmenter(image, candidate_labels=CLASSES, background=0.99)  # nothing reaches 0.99

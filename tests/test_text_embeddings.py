@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from open_clip.tokenizer import tokenize
 
 from cascadeclip.config import TextEncoderConfig
-from cascadeclip.modeling.text_encoder import TextEncoder
 from cascadeclip.config.presets import PRESETS
 from cascadeclip.inference.text_embeddings import MULTI_TEMPLATES, class_embeddings, load_embedding_file
+from cascadeclip.modeling.text_encoder import TextEncoder
 
 SHARED_EMBEDDINGS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "text_embeddings"
 

@@ -18,14 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from cascadeclip.config import Config, DataConfig, TestConfig, TrainConfig, save_yaml
+from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import get_layout, list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
 from cascadeclip.engine.schedule import learning_rate
 from cascadeclip.engine.trainer import train
-from cascadeclip.utils import UserError
 from cascadeclip.factory import load_checkpoint
 from cascadeclip.modeling.zero_shot import transductive_targets
-from cascadeclip.config.presets import get_preset
+from cascadeclip.utils import UserError
+
 from conftest import tiny_model_config
 from tiny_datasets import make_voc_scenes
 
@@ -146,7 +147,7 @@ def test_transductive_pseudo_labels_only_on_unseen_pixels(tmp_path):
     model, _, _ = load_checkpoint(result.checkpoint)
     text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
     stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), get_layout("voc"), cfg.train)
-    images, labels = map(torch.stack, zip(*[stream[i] for i in range(6)]))
+    images, labels = map(torch.stack, zip(*[stream[i] for i in range(6)], strict=True))
     unseen = torch.tensor(cfg.classes.unseen)
     with torch.no_grad():
         targets = transductive_targets(labels, model(images, text), unseen)

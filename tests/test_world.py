@@ -10,12 +10,11 @@ import pytest
 import torch
 from open_clip.tokenizer import tokenize
 
-from cascadeclip.factory import save_openai_archive
-from cascadeclip.config.class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS, WORLD_UNSEEN
 from cascadeclip.cli.main import main
-from cascadeclip.data.datasets import get_layout, list_samples, read_label
-from cascadeclip.factory import create_model
+from cascadeclip.config.class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS, WORLD_UNSEEN
 from cascadeclip.config.presets import get_preset
+from cascadeclip.data.datasets import get_layout, list_samples, read_label
+from cascadeclip.factory import create_model, save_openai_archive
 from cascadeclip.world.dataset import write_dataset
 from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip
 from cascadeclip.world.scenes import class_words, render_scene, scene_rng

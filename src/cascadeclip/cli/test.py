@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from ..utils import atomic_write
 from ..config import Config, to_dict
+from ..config.presets import resolve_config
 from ..data.datasets import read_image
 from ..engine.distributed import DistInfo, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..factory import load_checkpoint
-from ..config.presets import resolve_config
+from ..utils import atomic_write
 
 HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIoU(unseen), hIoU"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config.presets import resolve_config
 from ..engine.distributed import cleanup
 from ..engine.trainer import train
-from ..config.presets import resolve_config
 
 HELP = "train Cascade-CLIP (inductive or transductive) from a preset or a YAML config; resumable, torchrun-ready"
 

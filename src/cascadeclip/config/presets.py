@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ..utils import UserError
 from .class_names import (
     COCO_STUFF_CLASSES,
     COCO_STUFF_UNSEEN,
@@ -44,7 +45,6 @@ from .schema import (
     apply_overrides,
     merge,
 )
-from ..utils import UserError
 
 _DATASETS = {
     # dataset: (class names, unseen, prompt tokens, embeddings file, templates)

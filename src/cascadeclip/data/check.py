@@ -79,7 +79,7 @@ def check_split(
             outcomes = list(bar(pool.map(check, samples, chunksize=64)))
     else:
         outcomes = [check(sample) for sample in bar(samples)]
-    for sample, (has_image, has_label, problem) in zip(samples, outcomes):
+    for sample, (has_image, has_label, problem) in zip(samples, outcomes, strict=True):
         report.images += has_image
         report.labels += has_label
         if not has_image:

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..utils import UserError
-from .transforms import test_image_tensor
 from .datasets import Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_label
+from .transforms import test_image_tensor
 
 
 class EvalDataset(Dataset):

@@ -19,9 +19,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import TrainConfig
-from .transforms import normalize
-from .datasets import Layout, Sample, read_image, read_label
 from ..utils import IGNORE_INDEX
+from .datasets import Layout, Sample, read_image, read_label
+from .transforms import normalize
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:

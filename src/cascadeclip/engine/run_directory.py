@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from ..utils import atomic_write
-from ..utils import UserError
+from ..utils import UserError, atomic_write
 
 _CHECKPOINT = re.compile(r"^iter_(\d+)\.safetensors$")
 

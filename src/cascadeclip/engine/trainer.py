@@ -11,27 +11,26 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..factory import save_model
 from ..config import Config, save_yaml
 from ..data.datasets import get_layout, list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from ..utils import UserError
 from ..evaluation import evaluate
-from ..factory import create_model, load_checkpoint
+from ..factory import create_model, load_checkpoint, save_model
+from ..inference.text_embeddings import class_embeddings
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.zero_shot import training_losses
-from ..inference.text_embeddings import class_embeddings
+from ..utils import UserError
 from .curves import plot_curves
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .run_directory import RunDirectory
 from .schedule import learning_rate
 

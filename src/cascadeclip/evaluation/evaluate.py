@@ -16,11 +16,11 @@ from tqdm import tqdm
 from ..config import ClassesConfig, Config, TestConfig
 from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
 from ..engine.distributed import all_gather_objects, rank_and_world_size
-from ..utils import UserError
 from ..factory import load_text_encoder
 from ..inference.predict import predict_scores, seen_shift_vector
-from ..modeling.cascade_clip import CascadeCLIP
 from ..inference.text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
+from ..modeling.cascade_clip import CascadeCLIP
+from ..utils import UserError
 from .metric import IoUAccumulator
 
 # on_prediction(sample dict, (H, W) int64 prediction on the CPU), after each image

@@ -61,7 +61,7 @@ class _FastCPUKernels(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            named = dict(zip(("input", "weight", "bias"), args)) | kwargs
+            named = dict(zip(("input", "weight", "bias"), args, strict=False))  # args may stop early | kwargs
             x, weight, bias = named["input"], named["weight"], named.get("bias")
             if x.dim() >= 2 and _plain_cpu(torch.float32, x, weight, bias):
                 return _onednn_linear(x, weight, bias)
@@ -70,7 +70,9 @@ class _FastCPUKernels(TorchFunctionMode):
             if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(torch.float32, x, matrix):
                 return _onednn_linear(x, matrix.T, None)
         elif func is F.scaled_dot_product_attention:
-            named = dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args)) | kwargs
+            named = (
+                dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args, strict=False)) | kwargs
+            )
             q, k, v = named["query"], named["key"], named["value"]
             options = ("dropout_p", "is_causal", "enable_gqa")
             plain = named.get("attn_mask") is None and not any(named.get(n) for n in options)

@@ -72,7 +72,7 @@ def slide_scores(
             channels_last = scores.is_contiguous(memory_format=torch.channels_last)
             layout = torch.channels_last if channels_last else torch.contiguous_format
             total = torch.empty((1, text.shape[0], height, width), device=image.device, memory_format=layout).zero_()
-        for (y0, x0, y1, x1), window_scores in zip(chunk, scores):
+        for (y0, x0, y1, x1), window_scores in zip(chunk, scores, strict=True):
             total[0, :, y0:y1, x0:x1] += window_scores
             count[0, :, y0:y1, x0:x1] += 1
     return total.div_(count)

@@ -139,7 +139,7 @@ class TextEmbeddingCache:
         missing = [n for n in dict.fromkeys(names) if (self.templates, n) not in self._memory and not self._read(n)]
         if missing:
             computed = encode_class_names(self.text_encoder, missing, self.templates).cpu()
-            for name, row in zip(missing, computed):
+            for name, row in zip(missing, computed, strict=True):
                 self._memory[self.templates, name] = row
                 self._write(name, row)
         return torch.stack([self._memory[self.templates, n] for n in names])

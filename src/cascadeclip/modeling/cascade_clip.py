@@ -25,8 +25,8 @@ class CascadeCLIP(nn.Module):
         self.decode_head = CascadeHead(cfg.head)
         self.text_encoder = TextEncoder(cfg.text_encoder) if cfg.text_encoder is not None else None
         self.freeze_pretrained()
-        # Fast path (see inference.fast_path.use_fast_path): the head and the upsampling run in fp32 under autocast, and the
-        # logits are upsampled and returned in channels-last layout (same values, other strides).
+        # Fast path (see inference.fast_path.use_fast_path): the head and the upsampling run in fp32 under autocast, and
+        # the logits are upsampled and returned in channels-last layout (same values, other strides).
         self.fast_path = False
 
     def freeze_pretrained(self) -> None:

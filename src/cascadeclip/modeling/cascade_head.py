@@ -64,6 +64,6 @@ class CascadeHead(nn.Module):
         batch, _, h, w = maps[-1].shape
         descriptor = relationship_descriptor(text.to(global_embedding.dtype), global_embedding)
         logits = 0
-        for s, (q_proj, decoder) in enumerate(zip(self.q_projs, self.cascade_decoders)):
+        for s, (q_proj, decoder) in enumerate(zip(self.q_projs, self.cascade_decoders, strict=True)):
             logits = logits + decoder(q_proj(descriptor), self.stage_memory(s, maps))
         return logits.reshape(batch, -1, h, w)

@@ -22,10 +22,10 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import tokenize
 from tqdm import tqdm
 
-from ..factory import save_openai_archive
 from ..config.class_names import WORLD_CLASSES, WORLD_UNSEEN
-from ..inference.text_embeddings import SINGLE_TEMPLATE
 from ..data.transforms import normalize
+from ..factory import save_openai_archive
+from ..inference.text_embeddings import SINGLE_TEMPLATE
 from .cache import cached_folder
 from .scenes import WORLD_VERSION, render_scene, scene_rng, single_object
 

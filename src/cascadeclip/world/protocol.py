@@ -11,19 +11,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..config import Config
+from ..config.presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
 from ..data.datasets import get_layout, list_samples, read_label
 from ..engine.trainer import train
 from ..evaluation import IoUAccumulator, evaluate
 from ..factory import load_checkpoint
-from ..config.presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
 from .cache import cached_folder
 from .dataset import write_dataset
 from .pretrain import TinyClipConfig, pretrained_tiny_clip

@@ -20,10 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..utils import atomic_write  # noqa: E402
 from ..data.datasets import get_layout, list_samples, read_image, read_label  # noqa: E402
-from ..utils import IGNORE_INDEX  # noqa: E402
 from ..engine.curves import read_log  # noqa: E402
+from ..utils import (
+    IGNORE_INDEX,  # noqa: E402
+    atomic_write,  # noqa: E402
+)
 from ..visualize import legend, overlay, palette, side_by_side  # noqa: E402
 from .protocol import ProtocolResult, WorldRecipe  # noqa: E402
 
@@ -84,10 +86,11 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
         [
             "# Cascade-CLIP in the miniature world",
             "",
-            f"20 classes (colour x pattern, e.g. 'red striped'), 15 seen, 5 unseen ({unseen_names}); {recipe.train_images} training and "
-            f"{recipe.val_images} validation scenes of {cfg.model.image_encoder.image_size} px; seed {recipe.seed}. "
-            f"Inductive runs: {recipe.iters} iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive "
-            f"runs: {recipe.iters // 2} more from the inductive midpoint. Metric: the project's evaluation on the "
+            f"20 classes (colour x pattern, e.g. 'red striped'), 15 seen, 5 unseen ({unseen_names}); "
+            f"{recipe.train_images} training and {recipe.val_images} validation scenes of "
+            f"{cfg.model.image_encoder.image_size} px; seed {recipe.seed}. Inductive runs: {recipe.iters} "
+            f"iterations of batch {cfg.train.batch_size} from the tiny CLIP; transductive runs: {recipe.iters // 2} "
+            "more from the inductive midpoint. Metric: the project's evaluation on the "
             "validation split (background ignored, as in VOC). Numbers are percentages.",
             "",
             *rows,
@@ -119,9 +122,9 @@ def markdown(result: ProtocolResult, recipe: WorldRecipe, wall_time: float) -> s
             "",
             *unseen_table(result),
             "",
-            f"Wall time: {wall_time / 60:.1f} min, of which tiny CLIP pretraining {result.seconds['clip'] / 60:.1f} min "
-            "(near 0 when it was cached) and segmentation training and evaluation "
-            f"{sum(v for k, v in result.seconds.items() if k not in ('clip', 'dataset')) / 60:.1f} min.",
+            f"Wall time: {wall_time / 60:.1f} min, of which tiny CLIP pretraining "
+            f"{result.seconds['clip'] / 60:.1f} min (near 0 when it was cached) and segmentation training and "
+            f"evaluation {sum(v for k, v in result.seconds.items() if k not in ('clip', 'dataset')) / 60:.1f} min.",
             "",
             "![predictions](predictions.png)",
             "",
