@@ -1,8 +1,10 @@
-"""Shared test set-up: offline, small thread count, tiny model configurations."""
+"""Shared test set-up: offline, small thread count, tiny model configurations, the development data beside the
+repository."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never fetch from a hub in tests
 
@@ -12,6 +14,24 @@ import torch
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Development data that is not part of the repository (golden cases computed by the authors' code, real CLIP text
+# embeddings) is read from ../shared beside it, or from $CASCADECLIP_SHARED_DIR. A clone on its own has none: the
+# tests that need it skip, saying so, unless $CASCADECLIP_REQUIRE_SHARED=1 (CI) turns the skip into a failure.
+SHARED_ENV = "CASCADECLIP_SHARED_DIR"
+REQUIRE_SHARED_ENV = "CASCADECLIP_REQUIRE_SHARED"
+SHARED_DIR = Path(os.environ.get(SHARED_ENV) or Path(__file__).resolve().parents[2] / "shared")
+
+
+def shared_data(path: Path, what: str) -> Path:
+    """`path` when it exists; otherwise skip the calling test with the reason, or fail it when the development data
+    is required ($CASCADECLIP_REQUIRE_SHARED=1)."""
+    if path.exists():
+        return path
+    reason = f"{what} not found at {path}: development data from ../shared beside the repository (or ${SHARED_ENV})"
+    if os.environ.get(REQUIRE_SHARED_ENV) == "1":
+        pytest.fail(f"{reason}; ${REQUIRE_SHARED_ENV}=1 requires it", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_model_config(prompt_tokens: int = 4, image_size: int = 64, with_text: bool = False) -> ModelConfig:

@@ -1,9 +1,9 @@
 """Equivalence with the authors' implementation on the golden cases computed by running their code.
 
-Every case folder under $CASCADECLIP_GOLDEN_DIR (default ../shared/golden) is checked the same way: build the model
-from case.json, load checkpoint.pth through the loader users use for the released checkpoints, feed io.pt's inputs.
-Tolerances (from the golden README): outputs 1e-4 absolute, losses 1e-5 relative, fp32 on CPU; anything larger is
-a difference of function, not rounding.
+Every case folder under $CASCADECLIP_GOLDEN_DIR (default: golden/ in the development data, see conftest.SHARED_DIR)
+is checked the same way: build the model from case.json, load checkpoint.pth through the loader users use for the
+released checkpoints, feed io.pt's inputs. Tolerances (from the golden README): outputs 1e-4 absolute, losses 1e-5
+relative, fp32 on CPU; anything larger is a difference of function, not rounding.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses
 
-GOLDEN_DIR = Path(os.environ.get("CASCADECLIP_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+from conftest import SHARED_DIR, shared_data
+
+GOLDEN_DIR = Path(os.environ.get("CASCADECLIP_GOLDEN_DIR") or SHARED_DIR / "golden")
 CASES = sorted(p for p in GOLDEN_DIR.glob("*") if (p / "case.json").is_file()) if GOLDEN_DIR.is_dir() else []
 OUTPUT_ATOL = 1e-4
 LOSS_RTOL = 1e-5
@@ -43,9 +45,13 @@ def model_config(case: dict) -> ModelConfig:
     )
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[p.name for p in CASES])
+# Without cases every golden test still runs once ("no-cases"), to skip or fail saying why.
+@pytest.fixture(scope="module", params=CASES or [None], ids=[p.name for p in CASES] or ["no-cases"])
 def golden(request):
     folder = request.param
+    if folder is None:
+        shared_data(GOLDEN_DIR, "golden cases")
+        pytest.fail(f"no golden cases found under {GOLDEN_DIR}", pytrace=False)
     meta = json.loads((folder / "case.json").read_text())
     model = CascadeCLIP(model_config(meta["case"]))
     state, _ = read_authors_checkpoint(folder / "checkpoint.pth")
@@ -56,6 +62,7 @@ def golden(request):
 
 
 def test_golden_cases_exist():
+    shared_data(GOLDEN_DIR, "golden cases")
     assert CASES, f"no golden cases found under {GOLDEN_DIR}"
 
 

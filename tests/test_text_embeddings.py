@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,13 +13,15 @@ from cascadeclip.config.presets import PRESETS
 from cascadeclip.inference.text_embeddings import MULTI_TEMPLATES, class_embeddings, load_embedding_file
 from cascadeclip.modeling.text_encoder import TextEncoder
 
-SHARED_EMBEDDINGS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "text_embeddings"
+from conftest import SHARED_DIR, shared_data
+
+SHARED_EMBEDDINGS = SHARED_DIR / "reference" / "text_embeddings"
 
 
-@pytest.mark.skipif(not SHARED_EMBEDDINGS.is_dir(), reason="../shared/reference/text_embeddings not present")
 @pytest.mark.parametrize("preset", ["voc-inductive", "context-inductive", "coco-inductive"])
 def test_reference_files_load_as_fp32_without_renormalising(preset, monkeypatch):
-    monkeypatch.setenv("CASCADECLIP_EMBEDDINGS_DIR", str(SHARED_EMBEDDINGS))
+    embeddings = shared_data(SHARED_EMBEDDINGS, "the reference text embeddings")
+    monkeypatch.setenv("CASCADECLIP_EMBEDDINGS_DIR", str(embeddings))
     classes = PRESETS[preset].classes
     text = class_embeddings(classes.names, classes.templates, classes.text_embeddings)
     raw = np.load(SHARED_EMBEDDINGS / classes.text_embeddings)
