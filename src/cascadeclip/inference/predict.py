@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import TestConfig
 from ..modeling.cascade_clip import CascadeCLIP
 
 
@@ -104,3 +105,25 @@ def predict_scores(
     if out_size is not None and tuple(out_size) != tuple(scores.shape[-2:]):
         scores = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False)
     return scores
+
+
+def protocol_scores(
+    model: CascadeCLIP,
+    images: torch.Tensor,
+    text: torch.Tensor,
+    shift: torch.Tensor | None,
+    test: TestConfig,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """`predict_scores` with the test protocol of a configuration: `test.mode`, window size, stride and batch."""
+    return predict_scores(
+        model,
+        images,
+        text,
+        shift,
+        mode=test.mode,
+        crop=test.crop_size,
+        stride=test.stride,
+        window_batch=test.window_batch,
+        out_size=out_size,
+    )

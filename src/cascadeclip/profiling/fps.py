@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Config
 from ..data.datasets import list_samples, read_image
 from ..data.transforms import test_image_tensor
-from ..inference.predict import predict_scores, seen_shift_vector
+from ..inference.predict import protocol_scores, seen_shift_vector
 from ..utils import UserError
 from .timing import synchronize
 
@@ -84,19 +84,8 @@ def slide_predictor(
 ) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
     """The `predict` of `protocol_fps`: the configuration's test-time inference, scores at the original size."""
     shift = seen_shift_vector(len(text), cfg.classes.seen, cfg.classes.test_seen_shift).to(text.device)
-    test = cfg.test
 
     def predict(image: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return predict_scores(
-            model,
-            image,
-            text,
-            shift,
-            mode=test.mode,
-            crop=test.crop_size,
-            stride=test.stride,
-            window_batch=test.window_batch,
-            out_size=out_size,
-        )
+        return protocol_scores(model, image, text, shift, cfg.test, out_size)
 
     return predict
