@@ -61,7 +61,7 @@ def test_coco_lists_image_files_sorted_and_keeps_labels(tmp_path):
     assert label[0, 0] == 0 and label[0, 1] == 170
 
 
-def test_class_lists_and_unseen_splits_are_the_specs():
+def test_class_lists_and_unseen_splits_are_the_authors():
     voc, context, coco = (get_preset(f"{d}-inductive").classes for d in ("voc", "context", "coco"))
     assert (len(voc.names), len(context.names), len(coco.names)) == (20, 59, 171)
     assert [voc.names[i] for i in voc.unseen] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]

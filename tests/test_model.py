@@ -16,7 +16,8 @@ from conftest import tiny_model_config
 
 
 def test_full_size_coco_parameter_counts_match_the_paper():
-    """Spec §2.1: 193.09 M total and 40.46 M trainable as the authors count (with their unused self-attention)."""
+    """193.09 M total and 40.46 M trainable as the authors count, with their unused self-attention (docs/method.md,
+    What is trained)."""
     cfg = get_preset("coco-inductive").model
     cfg.text_encoder = TextEncoderConfig()
     with torch.device("meta"):
@@ -127,7 +128,7 @@ def test_image_size_must_be_a_multiple_of_the_patch(tiny_config):
         model(torch.randn(1, 3, 60, 64), torch.randn(2, 32))
 
 
-def test_presets_follow_the_spec():
+def test_presets_are_the_authors_configurations():
     authors = {name: p for name, p in PRESETS.items() if not name.startswith("world-")}  # world: cascadeclip.world
     assert len(authors) == 8
     voc = get_preset("voc-inductive")

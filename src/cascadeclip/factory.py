@@ -4,11 +4,11 @@ One entry per source of weights:
 - OpenAI CLIP, `read_openai_clip`: `ViT-B-16.pt` is a TorchScript archive of fp16 weights (a plain state dict in the
   same key layout, and the safetensors file `cascade-clip convert` makes of it, are accepted too). Its `visual.*`
   keys go to `backbone.*` with the positional table resized bilinearly to the training grid (197 -> 1025 rows for
-  512 crops); its text keys go to `text_encoder.*` (spec §4.2). `create_model` starts a model from it,
-  `load_text_encoder` takes its text tower alone.
+  512 crops; docs/authors-code.md#positional-table-resized-once); its text keys go to `text_encoder.*`.
+  `create_model` starts a model from it, `load_text_encoder` takes its text tower alone.
 - The authors' checkpoints, `read_authors_checkpoint`: `{"meta": ..., "state_dict": ...}` pickles with this model's
-  key names (spec §4.1). The weights they register but never use are skipped by name and reported; anything else
-  that does not fit is an error (`load_state`).
+  key names (docs/method.md, Weights and checkpoints). The weights they register but never use are skipped by name
+  and reported; anything else that does not fit is an error (`load_state`).
 - Our files, `read_model_file` / `save_model`: a single `.safetensors` whose metadata holds the model configuration
   and the class set as JSON, so loading them runs no pickle.
 
@@ -48,7 +48,7 @@ AUTHORS_CHECKPOINTS_URL = "https://github.com/HVision-NKU/Cascade-CLIP#model-zoo
 FORMAT_NAME = "cascadeclip"  # the "format" metadata of our model files
 OPENAI_CLIP_FORMAT = "openai-clip"  # the "format" metadata of OpenAI CLIP weights converted to safetensors
 
-# Registered by the authors' model but never used in its computation (spec pitfall 22).
+# Registered by the authors' model but never used in its computation (docs/authors-code.md#unused-checkpoint-weights).
 AUTHORS_UNUSED_KEY_PARTS = (".self_attn.", ".norm1.", "decode_head.loss_decode.")
 
 WEIGHTS_HELP = (
@@ -283,8 +283,8 @@ def read_authors_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     return state, data.get("meta") or {}
 
 
-# (prompt tokens, size of the unused loss-criterion buffer) of the six released files (spec §4.1). The buffer has
-# seen + 1 entries except in the VOC self-training config, so Context and COCO files do not tell their setting.
+# (prompt tokens, size of the unused loss-criterion buffer) of the six released files. The buffer has seen + 1
+# entries except in the VOC self-training config, so Context and COCO files do not tell their setting.
 _AUTHORS_SHAPES = {
     "voc-inductive": (10, 16),
     "voc-transductive": (10, 21),

@@ -6,11 +6,13 @@
         print(segment["label"], segment["score"], segment["mask"].size)
 
 Scores are the model's per-class sigmoid probabilities, computed independently for each name. For names you choose
-there is no seen/unseen split, so the authors' inductive shift (-0.1 on seen classes, spec §1.7) is not applied:
-every name is scored the same way. Each pixel takes the name with the highest score. With `background=T`, pixels
-where no name reaches T are background instead. That is meaningful for these models although none has a background
-class: in training, pixels of no class (VOC background, unseen objects) are negatives for every class (spec
-pitfall 10), so a low score for every name is how the model says "none of these".
+there is no seen/unseen split, so the authors' inductive shift (-0.1 on seen classes;
+docs/authors-code.md#the-seen-class-shift-acts-on-probabilities) is not applied: every name is scored the same way.
+Each pixel takes the name with the highest score. With `background=T`, pixels where no name reaches T are background
+instead. That is meaningful for these models although none has a background class: in training, pixels of no class
+(VOC background, unseen objects) are negatives for every class
+(docs/authors-code.md#ignored-pixels-are-negatives-in-the-focal-loss), so a low score for every name is how the
+model says "none of these".
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 - FLOPs: one whole-image forward at the training crop size (512²), all classes as queries, text tower not run; of
   the reference computation (what the paper counted) and of the fast path.
 - Latency and peak memory: that same forward, per device and precision.
-- FPS: the authors' get_fps.py protocol (spec §5): batch 1, sliding windows, resize to the original size, argmax and
-  copy to the CPU timed; the first images are warm-up, FPS = timed images / their summed time. On the validation
-  images when a data root is given, else on generated images of the dataset's most common size.
+- FPS: the authors' get_fps.py protocol (docs/method.md, Measuring efficiency): batch 1, sliding windows, resize
+  to the original size, argmax and copy to the CPU timed; the first images are warm-up, FPS = timed images / their
+  summed time. On the validation images when a data root is given, else on generated images of the dataset's most
+  common size.
 
 Latency, memory and FPS use the fast path (`inference.fast_path`; in bf16 with the image encoder's weights stored in
 bf16) unless --reference is given. Weights are random and class embeddings random unit vectors: neither changes the

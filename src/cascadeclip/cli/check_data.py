@@ -13,9 +13,9 @@ from ..utils import UserError
 
 HELP = "check a dataset root: images and labels per split, missing files, unreadable labels, values out of range"
 SHOWN = 10  # problems listed per kind; the rest are counted
-# Images in the standard splits (spec §3.1-3.3); another count is not an error (e.g. a subset on purpose) but is
-# pointed out, since the published numbers are over the full splits. VOC train is left out: train.txt + aug.txt
-# lists depend on the converter's version (aug.txt may or may not repeat train.txt).
+# Images in the standard splits (docs/method.md, Datasets); another count is not an error (e.g. a subset on purpose)
+# but is pointed out, since the published numbers are over the full splits. VOC train is left out: train.txt +
+# aug.txt lists depend on the converter's version (aug.txt may or may not repeat train.txt).
 STANDARD_SIZES = {
     ("voc", "val"): 1449,
     ("context", "train"): 4996,

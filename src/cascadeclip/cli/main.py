@@ -55,8 +55,8 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     # Transparent huge pages for PyTorch's CPU tensors of 2 MB and more (read once, when PyTorch loads; the user's
-    # setting wins). Each large activation is otherwise faulted in 4 kB at a time: the upsampling of 171 classes'
-    # logits to 512x512 took about 70 ms instead of 16 (fp32, channels-last, two threads, AMD EPYC Zen 5).
+    # setting wins). Each large activation is otherwise faulted in 4 kB at a time, which made the full-resolution
+    # upsampling several times slower (benchmarks/NOTES.md, Transparent huge pages in the command line).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = parse_arguments(build_parser(), argv)
     try:

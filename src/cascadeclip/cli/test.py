@@ -1,4 +1,5 @@
-"""`cascade-clip test`: the zero-shot evaluation protocol of the paper (spec §3.4-3.7) on a dataset split.
+"""`cascade-clip test`: the paper's zero-shot evaluation protocol on a dataset split (docs/method.md, Evaluation
+protocol).
 
     cascade-clip test voc-inductive --checkpoint voc_inductive.pth --data-root datasets --out results.json
     torchrun --nproc-per-node 4 -m cascadeclip test coco-inductive --checkpoint coco.safetensors

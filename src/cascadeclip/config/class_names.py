@@ -1,4 +1,4 @@
-"""Class lists (dataset order) and unseen splits of the three benchmarks (spec §3.1-3.3)."""
+"""Class lists (dataset order) and unseen splits of the three benchmarks (docs/method.md, Datasets)."""
 
 VOC_CLASSES = (
     "aeroplane",

@@ -1,4 +1,5 @@
-"""The eight configurations of the authors (spec §2.4, §3.7) as typed `Config` values.
+"""The eight configurations of the authors as typed `Config` values (docs/method.md, Training recipe and
+Cross-dataset transfer).
 
 | preset               | setting      | T  | text embeddings        | iters  | batch | init                         |
 |----------------------|--------------|----|------------------------|--------|-------|------------------------------|

@@ -20,7 +20,8 @@ import yaml
 
 @dataclass
 class ImageEncoderConfig:
-    """CLIP ViT with deep visual prompts (spec §1.2). Defaults: ViT-B/16 as in every authors' config."""
+    """CLIP ViT with deep visual prompts (docs/method.md, Image encoder). Defaults: ViT-B/16 as in every authors'
+    config."""
 
     image_size: int = 512  # side of the training crop; the positional table is stored for this grid
     patch_size: int = 16
@@ -43,13 +44,14 @@ class ImageEncoderConfig:
 
 
 def gaussian_stage_weights(num_maps: int) -> tuple[float, ...]:
-    """NGA initial weights exp(-d^2/2) for distances d = n-1 .. 0 from the stage's deepest map (spec §1.4)."""
+    """NGA initial weights exp(-d^2/2) for distances d = n-1 .. 0 from the stage's deepest map, as the authors' code
+    has them (docs/authors-code.md#nga-weights-raw-and-their-initialisation)."""
     return tuple(math.exp(-((num_maps - 1 - j) ** 2) / 2) for j in range(num_maps))
 
 
 @dataclass
 class HeadConfig:
-    """The cascade of text-image decoders (spec §1.4-1.7)."""
+    """The cascade of text-image decoders (docs/method.md, Stages and NGA, Decoders, Summed stages)."""
 
     dim: int = 512  # must equal the encoder's output_dim
     heads: int = 8
@@ -63,7 +65,7 @@ class HeadConfig:
 
 @dataclass
 class TextEncoderConfig:
-    """The CLIP text tower (spec §1.3). Defaults: the text tower of OpenAI ViT-B/16."""
+    """The CLIP text tower (docs/method.md, Class embeddings). Defaults: the text tower of OpenAI ViT-B/16."""
 
     context_length: int = 77
     vocab_size: int = 49408
@@ -238,7 +240,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The authors' recipe (spec §2.2-2.5): AdamW at 2e-4 for every trainable parameter, poly decay after warm-up."""
+    """The authors' recipe: AdamW at 2e-4 for every trainable parameter, poly decay after warm-up (docs/method.md,
+    Training recipe)."""
 
     iters: int = 20000
     batch_size: int = 16  # global batch = per-device batch x processes x accumulation_steps
@@ -251,7 +254,8 @@ class TrainConfig:
     warmup_ratio: float = 1e-6
     poly_power: float = 0.9
     min_lr: float = 1e-6
-    # Data pipeline (spec §2.5): rescale of `scale` by a ratio in `ratio_range`, crop, flip, photometric distortion.
+    # Data pipeline (docs/method.md, Data pipeline): rescale of `scale` by a ratio in `ratio_range`, crop, flip,
+    # photometric distortion.
     scale: tuple[int, int] = (2048, 512)  # (long side, short side) box before the random ratio
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: int = 512

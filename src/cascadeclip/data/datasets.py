@@ -1,4 +1,4 @@
-"""The benchmarks as MMSegmentation lays them out on disk (spec §3.1-3.3), read without mmseg.
+"""The benchmarks as MMSegmentation lays them out on disk (docs/method.md, Datasets), read without mmseg.
 
     <root>/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, SegmentationClassAug, ImageSets/Segmentation}
     <root>/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}

@@ -1,4 +1,5 @@
-"""Evaluation samples for a DataLoader: the test-time image (spec §3.5) with its label at the original size.
+"""Evaluation samples for a DataLoader: the test-time image with its label at the original size (docs/method.md,
+Test-time preprocessing).
 
 A sample that cannot be read is not an exception inside a worker process (PyTorch would wrap it in a traceback):
 it comes back as an item whose "error" says which file and what is wrong, and the evaluation loop decides to stop

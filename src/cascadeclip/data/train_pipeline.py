@@ -1,4 +1,5 @@
-"""Training augmentation (spec §2.5, mmseg 0.24 semantics) and the iteration-based training data stream.
+"""Training augmentation (mmseg 0.24 semantics) and the iteration-based training data stream (docs/method.md, Data
+pipeline).
 
 Pipeline per sample: random rescale -> random crop with the category-ratio rule -> horizontal flip -> photometric
 distortion -> ImageNet normalisation -> pad to the crop size (image 0, label 255).

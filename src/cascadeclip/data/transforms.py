@@ -1,6 +1,8 @@
-"""Test-time image preprocessing (spec §3.5): short side to exactly 512, long side uncapped, ImageNet statistics.
+"""Test-time image preprocessing: short side to exactly 512, long side uncapped, ImageNet statistics (docs/method.md,
+Test-time preprocessing).
 
-The reference normalises with ImageNet's mean and std, not CLIP's (spec pitfall 14); its checkpoints expect that.
+The reference normalises with ImageNet's mean and std, not CLIP's; its checkpoints expect that
+(docs/authors-code.md#imagenet-normalisation-statistics).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The learning-rate schedule of the reference (spec §2.3, mmcv 1.5 semantics): poly decay after a linear warm-up.
+"""The learning-rate schedule of the reference (docs/method.md, Training recipe): poly decay after a linear warm-up.
 
     poly(t)   = (lr0 - min_lr) * (1 - t / T) ** power + min_lr
     lr(t)     = poly(t) * (1 - (1 - t / W) * (1 - warmup_ratio))    for t < W

@@ -1,4 +1,4 @@
-"""The training loop: plain, explicit, iteration-based (spec §2).
+"""The training loop: plain, explicit, iteration-based (docs/method.md, Training recipe).
 
 One iteration = one optimiser step over the global batch, split into accumulation steps and processes. Gradients
 are accumulated unnormalised and divided once by the reference's N_m (the step's (image, present class) pairs over

@@ -1,4 +1,5 @@
-"""The zero-shot evaluation (spec §3.4-3.6): slide inference over a split, argmax, dataset-level IoU.
+"""The zero-shot evaluation: slide inference over a split, argmax, dataset-level IoU (docs/method.md, Evaluation
+protocol).
 
 `evaluate(model, cfg)` is what `cascade-clip test` and the training loop's periodic evaluation call; `evaluate_samples`
 is its loop over any iterable of samples.

@@ -1,4 +1,5 @@
-"""Dataset-level IoU with MMSegmentation's semantics (spec §3.4), split into seen and unseen classes.
+"""Dataset-level IoU with MMSegmentation's semantics, split into seen and unseen classes (docs/method.md, Evaluation
+protocol).
 
 Per class, intersections and unions are summed over the whole split before dividing (not averaged per image).
 Pixels whose ground truth is 255 are left out, so predictions there never count. A class with zero union (absent

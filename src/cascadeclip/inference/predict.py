@@ -1,7 +1,9 @@
-"""Test-time prediction (spec §1.7, §3.6): sigmoid scores, the inductive seen-class shift, sliding windows.
+"""Test-time prediction: sigmoid scores, the inductive seen-class shift, sliding windows (docs/method.md, Prediction
+and Sliding windows).
 
 Scores are probabilities per class; in the inductive setting 0.1 is subtracted from the seen classes so that unseen
-classes can win (spec pitfall 11). Sliding-window scores are averaged over overlapping windows after the shift.
+classes can win (docs/authors-code.md#the-seen-class-shift-acts-on-probabilities). Sliding-window scores are averaged
+over overlapping windows after the shift.
 """
 
 from __future__ import annotations

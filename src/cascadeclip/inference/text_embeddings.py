@@ -1,8 +1,8 @@
 """Class embeddings: from class names through the CLIP text tower, or from the authors' precomputed `.npy` files.
 
 The released checkpoints were trained with fp16 files (rows in dataset class order, L2-normalised in fp16). They are
-cast to fp32 and not re-normalised (spec §1.3, pitfall 17). Computed embeddings follow the same recipe: encode every
-template, normalise each, average, normalise again.
+cast to fp32 and not re-normalised (docs/authors-code.md#fp16-class-embeddings-not-renormalised). Computed embeddings
+follow the same recipe: encode every template, normalise each, average, normalise again.
 
 Computed embeddings are cached (`TextEmbeddingCache`), so that a name goes through a text tower once per template
 set: in memory for as long as the tower lives (the tower is frozen, so its weights do not change), and, when a

@@ -30,8 +30,9 @@ class CascadeCLIP(nn.Module):
         self.fast_path = False
 
     def freeze_pretrained(self) -> None:
-        """The reference's trainable set (spec §2.1): backbone parameters whose name contains "prompt", and the
-        whole head. CLIP's weights, the text tower and the per-tap `ln_layers`/`proj_layers` stay frozen."""
+        """The reference's trainable set: backbone parameters whose name contains "prompt", and the whole head. CLIP's
+        weights, the text tower and the per-tap `ln_layers`/`proj_layers` stay frozen (docs/method.md, What is
+        trained)."""
         for name, param in self.backbone.named_parameters():
             param.requires_grad_("prompt" in name)
         for param in self.decode_head.parameters():

@@ -1,4 +1,4 @@
-"""The cascade: one text-image decoder per stage of encoder depth, mask logits summed (spec §1.4-1.7).
+"""The cascade: one text-image decoder per stage of encoder depth, mask logits summed (docs/method.md).
 
 Read top to bottom, `CascadeHead.forward` is the method of the paper:
   1. relationship descriptor  T^ = [T * g, T]                      (per image, per class)

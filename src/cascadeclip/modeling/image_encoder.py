@@ -1,4 +1,4 @@
-"""CLIP ViT image encoder with deep visual prompt tuning and multi-level feature taps (spec §1.2).
+"""CLIP ViT image encoder with deep visual prompt tuning and multi-level feature taps (docs/method.md, Image encoder).
 
 Parameter names mirror the authors' `VPTCLIPVisionTransformer` (checkpoint prefix `backbone.`), whose CLIP part is
 OpenAI's `visual.*` layout; the transformer blocks are open_clip's, which share that layout.
@@ -79,7 +79,8 @@ class ImageEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, cfg.output_dim))
         # Per-tap LayerNorm and projection to the joint space. Not in CLIP, and frozen at their initial values in
-        # the reference (spec §2.1, pitfall 4): checkpoints carry them, training never changes them.
+        # the reference: checkpoints carry them, training never changes them
+        # (docs/authors-code.md#frozen-random-per-tap-projections).
         self.ln_layers = nn.ModuleList(nn.LayerNorm(width) for _ in cfg.tap_blocks)
         self.proj_layers = nn.Parameter(scale * torch.randn(len(cfg.tap_blocks), width, cfg.output_dim))
 
@@ -103,7 +104,7 @@ class ImageEncoder(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         # The CLS position row has the class embedding added once more: CLS = 2*class_embedding + pos[0]
-        # (spec pitfall 1).
+        # (docs/authors-code.md#double-cls-embedding).
         pos = self.positional_embedding.to(x.dtype)
         cls_pos = (pos[0] + self.class_embedding.to(x.dtype)).unsqueeze(0)
         x = x + torch.cat([cls_pos, resize_positional_grid(pos[1:], grid)]).unsqueeze(0)

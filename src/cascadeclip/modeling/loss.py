@@ -1,8 +1,10 @@
-"""Training loss (spec §1.8): sigmoid focal x100 + dice x1 on the summed mask logits, as the reference computes it.
+"""Training loss: sigmoid focal x100 + dice x1 on the summed mask logits, as the reference computes it (docs/method.md,
+Losses).
 
 Ignored pixels (label 255) get an all-zero target row: they are negatives for every class in the focal term and
-enter the dice denominator through sum(sigmoid) (spec pitfall 10). Both terms are divided by the number of
-(image, present class) pairs, all-reduced over processes and divided by the world size, as in the reference.
+enter the dice denominator through sum(sigmoid) (docs/authors-code.md#ignored-pixels-are-negatives-in-the-focal-loss).
+Both terms are divided by the number of (image, present class) pairs, all-reduced over processes and divided by the
+world size, as in the reference.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The CLIP text tower (spec §1.3), frozen; parameter names as in OpenAI CLIP and the authors' `text_encoder.*`."""
+"""The CLIP text tower, frozen; parameter names as in OpenAI CLIP and the authors' `text_encoder.*` (docs/method.md,
+Class embeddings)."""
 
 from __future__ import annotations
 

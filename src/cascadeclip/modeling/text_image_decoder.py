@@ -1,4 +1,4 @@
-"""The text-image decoder of one cascade stage (spec §1.6).
+"""The text-image decoder of one cascade stage (docs/method.md, Decoders).
 
 Class queries cross-attend to the stage's feature map through stacked post-norm layers (cross-attention + FFN, no
 self-attention among queries). The decoder's output is the head-averaged pre-softmax attention logit of its last
@@ -75,7 +75,8 @@ class TextImageDecoder(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, num_layers: int):
         super().__init__()
-        # The reference deep-copies one layer, so the layers of a decoder start identical (spec §2.1).
+        # The reference deep-copies one layer, so the layers of a decoder start identical
+        # (docs/authors-code.md#head-initialisation).
         layer = DecoderLayer(dim, heads, ffn_dim, dropout)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 

@@ -1,4 +1,4 @@
-"""Training targets and losses of the two zero-shot settings (spec §2.6, §2.7).
+"""Training targets and losses of the two zero-shot settings (docs/method.md, Inductive and transductive labels).
 
 Labels arrive in the full class space (0..C_all-1, 255 = ignore).
 - Inductive: queries are the seen classes only; a seen class becomes its position among the seen classes and

@@ -2,7 +2,7 @@
 
 It counts matrix products and convolutions at 2 FLOPs per multiply-add. fvcore, which the paper used, counts 1 per
 multiply-add (and adds a little for norms and upsampling, which PyTorch's counter leaves out), so the paper's GFLOPs
-compare with `flops / 2` (spec §5).
+compare with `flops / 2` (docs/method.md, Measuring efficiency).
 """
 
 from __future__ import annotations

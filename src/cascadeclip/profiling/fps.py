@@ -1,5 +1,6 @@
-"""Frames per second as the authors' get_fps.py measures them (spec §5): batch 1, sliding windows, the prediction
-resized to the original size, argmax and the copy to the CPU timed, the first images not timed."""
+"""Frames per second as the authors' get_fps.py measures them: batch 1, sliding windows, the prediction resized to the
+original size, argmax and the copy to the CPU timed, the first images not timed (docs/method.md, Measuring
+efficiency)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def protocol_fps(
     device: torch.device,
     warmup: int,
 ) -> dict:
-    """Frames per second as the authors' get_fps.py measures them (spec §5), batch 1.
+    """Frames per second as the authors' get_fps.py measures them, batch 1.
 
     Args:
         predict: (1, 3, H, W) preprocessed image on `device`, original (h, w) -> (1, C, h, w) scores.
