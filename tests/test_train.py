@@ -21,10 +21,22 @@ from cascadeclip.config import Config, DataConfig, TestConfig, TrainConfig, save
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import get_layout, list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
+from cascadeclip.engine.distributed import DistInfo
+from cascadeclip.engine.run_directory import RunDirectory
 from cascadeclip.engine.schedule import learning_rate
-from cascadeclip.engine.trainer import train
+from cascadeclip.engine.trainer import (
+    accumulation_step,
+    build_optimiser,
+    checkpoint_interval,
+    is_checkpoint_iteration,
+    is_log_iteration,
+    normalise_gradients,
+    save_checkpoint,
+    train,
+)
 from cascadeclip.factory import load_checkpoint
-from cascadeclip.modeling.zero_shot import transductive_targets
+from cascadeclip.modeling.cascade_clip import CascadeCLIP
+from cascadeclip.modeling.zero_shot import training_losses, transductive_targets
 from cascadeclip.utils import UserError
 
 from conftest import tiny_model_config
@@ -97,6 +109,92 @@ def test_stream_is_independent_of_workers_and_processes(tmp_path):
     one = list(StreamSampler(3, 5, 8, 1, 0, 1))
     split = [list(StreamSampler(3, 5, 8, 2, r, 2)) for r in range(2)]
     assert sorted(split[0] + split[1]) == one == list(range(24, 40))
+
+
+def test_gradients_are_divided_by_the_pairs_per_process_at_least_one():
+    # A toy module whose gradients are known: d/dw sum(w * x) = x.
+    x = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
+    for pairs, world_size, expected in ((12.0, 2, 6.0), (12.0, 1, 12.0), (3.0, 4, 1.0), (0.0, 1, 1.0)):
+        toy = torch.nn.Linear(2, 2, bias=True)
+        (toy.weight * x).sum().backward()  # the bias takes no part: its gradient stays None
+        normaliser = normalise_gradients(list(toy.parameters()), torch.tensor(pairs), world_size)
+        assert normaliser.item() == expected, (pairs, world_size)
+        torch.testing.assert_close(toy.weight.grad, x / expected, rtol=0, atol=0)  # one exact division
+        assert toy.bias.grad is None
+
+
+def test_accumulation_step_sums_losses_pairs_and_gradients_of_its_micro_batches(tmp_path):
+    cfg = tiny_config(tmp_path, dropout=False, batch_size=4, accumulation_steps=2)
+    torch.manual_seed(0)
+    model = CascadeCLIP(cfg.model).train()
+    text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), get_layout("voc"), cfg.train)
+    batches = [tuple(map(torch.stack, zip(*[stream[i] for i in range(k, k + 2)], strict=True))) for k in (0, 2, 4)]
+    classes, params = cfg.classes, [p for p in model.parameters() if p.requires_grad]
+
+    expected_sums, expected_grads = torch.zeros(3), [torch.zeros_like(p) for p in params]
+    for images, labels in batches[:2]:  # each micro-batch on its own, loss normaliser 1
+        model.zero_grad(set_to_none=True)
+        losses = training_losses(
+            model, images, labels, text, classes.seen, classes.unseen, classes.setting, normaliser=torch.ones(())
+        )
+        (losses["loss_focal"] + losses["loss_dice"]).backward()
+        expected_sums += torch.stack([losses["loss_focal"], losses["loss_dice"], losses["num_pairs"].float()]).detach()
+        for total, p in zip(expected_grads, params, strict=True):
+            total += p.grad if p.grad is not None else 0
+
+    for p in params:  # stale gradients, which the step must clear first
+        p.grad = torch.full_like(p, 7.0)
+    remaining = iter(batches)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    sums = accumulation_step(model, remaining, text, cfg, scaler, torch.device("cpu"))
+    assert next(remaining) is batches[2]  # exactly accumulation_steps micro-batches taken
+    assert sums[2].item() == expected_sums[2].item() > 0  # (image, present class) pairs: integers
+    # Same operations in the same order; the sums of two fp32 losses and gradients agree to rounding (1e-6).
+    torch.testing.assert_close(sums, expected_sums, rtol=1e-6, atol=0)
+    for p, grad in zip(params, expected_grads, strict=True):
+        torch.testing.assert_close(p.grad if p.grad is not None else torch.zeros_like(p), grad, rtol=1e-6, atol=1e-9)
+
+
+def test_checkpoint_and_log_iterations():
+    tcfg = TrainConfig(iters=20, checkpoint_interval=0, keep_iterations=(5,), log_interval=4)
+    assert checkpoint_interval(tcfg) == 2  # a tenth of the run
+    assert [d for d in range(1, 21) if is_checkpoint_iteration(d, tcfg)] == [2, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert checkpoint_interval(TrainConfig(iters=7)) == 1  # never 0
+    odd = TrainConfig(iters=10, checkpoint_interval=4)
+    assert [d for d in range(1, 11) if is_checkpoint_iteration(d, odd)] == [4, 8, 10]  # and always the last
+    assert [d for d in range(1, 21) if is_log_iteration(d, tcfg)] == [1, 4, 8, 12, 16, 20]
+    assert [d for d in range(1, 11) if is_log_iteration(d, odd)] == [1, 10]  # log_interval 10: first and last
+
+
+def test_save_checkpoint_keeps_the_newest_and_the_weights_at_keep_iterations(tmp_path):
+    cfg = tiny_config(tmp_path, iters=6, keep_checkpoints=2, keep_iterations=(2,))
+    model = CascadeCLIP(cfg.model)
+    _, optimizer, scaler = build_optimiser(model, cfg.train, torch.device("cpu"))
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(resume=False, force=False)
+    single = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+    def files() -> list[str]:
+        return sorted(p.name for p in run.path.glob("iter_*"))
+
+    for done in (2, 4):
+        assert save_checkpoint(run, done, model, optimizer, scaler, cfg, single) == run.model_path(done)
+    assert files() == ["iter_2.safetensors", "iter_2.state.pt", "iter_4.safetensors", "iter_4.state.pt"]
+    assert run.status() == {"iteration": 4, "finished": False}
+    save_checkpoint(run, 6, model, optimizer, scaler, cfg, single)
+    # Two newest kept whole; of iteration 2 (in keep_iterations) the weights stay, its state goes.
+    assert files() == [
+        "iter_2.safetensors",
+        "iter_4.safetensors",
+        "iter_4.state.pt",
+        "iter_6.safetensors",
+        "iter_6.state.pt",
+    ]
+    assert run.status() == {"iteration": 6, "finished": True}
+    state = run.load_state(6)
+    assert set(state) == {"optimizer", "scaler", "rng"} and len(state["rng"]) == 1
+    assert run.checkpoints() == [4, 6]
 
 
 def test_short_inductive_run_learns_and_writes_its_outputs(tmp_path):

@@ -1,9 +1,17 @@
 """The training loop: plain, explicit, iteration-based (docs/method.md, Training recipe).
 
+`train` reads as the loop; each step it takes is a function of its own, in the order they run:
+  set up:           `prepare_run` (run folder, resolved config beside it), `starting_model`, `build_optimiser`
+                    (with `restore_training_state` on resume), `build_loader`
+  every iteration:  `set_learning_rate`, `accumulation_step` (forward, loss and backward of each micro-batch),
+                    `optimiser_step` (`normalise_gradients`, then AdamW), the log record (`is_log_iteration`),
+                    `evaluate_step`, `save_checkpoint` (`is_checkpoint_iteration`)
+
 One iteration = one optimiser step over the global batch, split into accumulation steps and processes. Gradients
 are accumulated unnormalised and divided once by the reference's N_m (the step's (image, present class) pairs over
 all micro-batches and processes, divided by the number of processes): with DDP's gradient averaging this gives
-exactly the loss of one process holding the whole global batch, which is the reference's loss.
+exactly the loss of one process holding the whole global batch, which is the reference's loss
+(docs/authors-code.md#gradient-normalisation-by-n_m).
 """
 
 from __future__ import annotations
@@ -11,22 +19,24 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, save_yaml
+from ..config import Config, TrainConfig, save_yaml
 from ..data.datasets import get_layout, list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream
 from ..evaluation import evaluate
 from ..factory import create_model, load_checkpoint, save_model
 from ..inference.text_embeddings import class_embeddings
 from ..modeling.cascade_clip import CascadeCLIP
+from ..modeling.loss import pairs_per_process
 from ..modeling.zero_shot import training_losses
 from ..utils import UserError
 from .curves import plot_curves
@@ -44,6 +54,11 @@ class TrainResult:
     checkpoint: Path
     iteration: int
     last_loss: float
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setting up
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def _resolve_init_checkpoint(init: str) -> Path:
@@ -78,13 +93,47 @@ def _per_device_batch(cfg: Config, world_size: int) -> int:
     return per_device
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise UserError(f"train.precision {precision!r}: use fp32, bf16 or fp16")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def prepare_run(
+    cfg: Config, run_dir: str | Path, resume: bool, force: bool, dist_info: DistInfo
+) -> tuple[RunDirectory, int]:
+    """The run folder, ready (see `RunDirectory.prepare`), with the resolved config saved in it and the log cut back to
+    the iteration the run starts from; returns (folder, that iteration), the same on every process."""
+    run = RunDirectory(run_dir)
+    start = run.prepare(resume, force) if dist_info.is_main else 0
+    start = int(all_reduce_sum(torch.tensor(start)).item()) if dist_info.world_size > 1 else start
+    if dist_info.is_main:
+        save_yaml(cfg, run.config)
+        run.truncate_log(start)
+    return run, start
+
+
+def starting_model(cfg: Config, run: RunDirectory, start: int) -> CascadeCLIP:
+    """The model at iteration `start`: a resumed run takes its weights (and text tower) from its own last
+    checkpoint, not from train.init."""
+    return load_checkpoint(run.model_path(start), base=cfg.model)[0] if start > 0 else build_model(cfg)
+
+
+def protocol_evaluation(cfg: Config, text: torch.Tensor) -> EvaluateFn:
+    """The default periodic evaluation: the test protocol on the validation split, headline numbers only."""
+
+    def evaluate_fn(bare_model: CascadeCLIP, iteration: int) -> dict:
+        results = evaluate(bare_model, cfg, text)
+        return {key: results[key] for key in HEADLINE_METRICS}
+
+    return evaluate_fn
+
+
+def build_optimiser(
+    model: CascadeCLIP, tcfg: TrainConfig, device: torch.device
+) -> tuple[list[nn.Parameter], torch.optim.AdamW, torch.amp.GradScaler]:
+    """(trainable parameters, AdamW over them with one learning rate and weight decay, gradient scaler).
+
+    The scaler is active for fp16 only; otherwise its scale, unscale and step are plain pass-throughs.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
+    return params, optimizer, scaler
 
 
 def _rng_states(dist_info: DistInfo) -> list[dict]:
@@ -108,6 +157,188 @@ def _restore_rng(states: list[dict], dist_info: DistInfo) -> None:
         torch.cuda.set_rng_state(own["cuda"], dist_info.device)
 
 
+def restore_training_state(
+    state: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, dist_info: DistInfo
+) -> None:
+    """Continue from a checkpoint's training state: optimiser, gradient scaler, this process's RNG states."""
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    _restore_rng(state["rng"], dist_info)
+
+
+def build_loader(cfg: Config, start: int, per_device: int, dist_info: DistInfo) -> DataLoader:
+    """This process's share of the training stream from iteration `start` on, `per_device` samples per batch,
+    `train.accumulation_steps` batches per iteration (see `StreamSampler`)."""
+    tcfg = cfg.train
+    dataset = cfg.classes.dataset
+    stream = TrainingStream(list_samples(dataset, cfg.data.root, "train"), get_layout(dataset), tcfg)
+    sampler = StreamSampler(
+        start, tcfg.iters, tcfg.batch_size, tcfg.accumulation_steps, dist_info.rank, dist_info.world_size
+    )
+    return DataLoader(
+        stream,
+        batch_size=per_device,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+        generator=torch.Generator().manual_seed(tcfg.seed),  # keeps the loader off the global RNG (dropout's)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One iteration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, iteration: int, tcfg: TrainConfig) -> float:
+    """Set the schedule's learning rate for `iteration` (0-based) on every parameter group; returns it."""
+    lr = learning_rate(iteration, tcfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise UserError(f"train.precision {precision!r}: use fp32, bf16 or fp16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def accumulation_step(
+    trained: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    text: torch.Tensor,
+    cfg: Config,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> torch.Tensor:
+    """Forward, loss and backward of one optimiser step's `train.accumulation_steps` micro-batches.
+
+    The gradients are cleared first, then each micro-batch's loss (normaliser 1) is back-propagated, so they end as
+    the sum over the micro-batches, not yet normalised. Under DDP (`trained` wrapped) they are synchronised, i.e.
+    averaged over processes, on the last micro-batch only.
+
+    Args:
+        trained: the model, or its DDP wrapper under torchrun.
+        batches: (images (B, 3, S, S), labels (B, S, S)) per micro-batch; `train.accumulation_steps` are taken.
+        text: (C_all, D) embeddings of all classes, on `device`.
+    Returns:
+        (3,) this process's sums over its micro-batches: focal term, dice term (both with normaliser 1), and
+        (image, present class) pairs.
+    """
+    classes, tcfg = cfg.classes, cfg.train
+    distributed = isinstance(trained, DistributedDataParallel)
+    trained.zero_grad(set_to_none=True)
+    sums = torch.zeros(3, device=device)  # focal sum, dice sum, (image, class) pairs
+    for step in range(tcfg.accumulation_steps):
+        images, labels = next(batches)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        sync = step == tcfg.accumulation_steps - 1 or not distributed
+        with contextlib.nullcontext() if sync else trained.no_sync(), _autocast(tcfg.precision, device):
+            losses = training_losses(
+                trained,
+                images,
+                labels,
+                text,
+                classes.seen,
+                classes.unseen,
+                classes.setting,
+                normaliser=torch.ones((), device=device),
+            )
+            scaler.scale(losses["loss_focal"] + losses["loss_dice"]).backward()
+        sums += torch.stack([losses["loss_focal"].detach(), losses["loss_dice"].detach(), losses["num_pairs"].float()])
+    return sums
+
+
+def normalise_gradients(params: list[nn.Parameter], step_pairs: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Divide the gradients by the reference's N_m of the whole step; returns N_m.
+
+    N_m = the step's (image, present class) pairs over all micro-batches and processes (`step_pairs`), divided by
+    the number of processes, at least 1. DDP has averaged the gradients over the processes, so after this they are
+    those of the loss summed over the step divided by all its pairs: the reference's loss for the global batch.
+    """
+    normaliser = pairs_per_process(step_pairs, world_size)
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(normaliser)
+    return normaliser
+
+
+def optimiser_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
+    step_pairs: torch.Tensor,
+    world_size: int,
+) -> torch.Tensor:
+    """Unscale (fp16), normalise the gradients by N_m (`normalise_gradients`), step AdamW; returns N_m."""
+    scaler.unscale_(optimizer)
+    normaliser = normalise_gradients(params, step_pairs, world_size)
+    scaler.step(optimizer)
+    scaler.update()
+    return normaliser
+
+
+def is_log_iteration(done: int, tcfg: TrainConfig) -> bool:
+    """Whether the iteration that has just made `done` steps is logged: the first, every log_interval-th, the last."""
+    return done % tcfg.log_interval == 0 or done == tcfg.iters or done == 1
+
+
+def evaluate_step(model: CascadeCLIP, evaluate_fn: EvaluateFn, done: int, run: RunDirectory, is_main: bool) -> None:
+    """Run `evaluate_fn` on the bare model in eval mode (every process) and log its metrics (the first process)."""
+    metrics = evaluate_fn(model.eval(), done)
+    model.train()
+    if is_main:
+        run.append_log({"iter": done, "eval": metrics})
+
+
+def checkpoint_interval(tcfg: TrainConfig) -> int:
+    """Iterations between checkpoints: train.checkpoint_interval, or a tenth of the run (at least 1) when 0."""
+    return tcfg.checkpoint_interval or max(tcfg.iters // 10, 1)
+
+
+def is_checkpoint_iteration(done: int, tcfg: TrainConfig) -> bool:
+    """Whether a checkpoint is written after `done` steps: every interval, at the end, and at train.keep_iterations."""
+    return done % checkpoint_interval(tcfg) == 0 or done == tcfg.iters or done in tcfg.keep_iterations
+
+
+def save_checkpoint(
+    run: RunDirectory,
+    done: int,
+    model: CascadeCLIP,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: Config,
+    dist_info: DistInfo,
+) -> Path:
+    """Write the weights and training state after `done` steps, prune older checkpoints, update status and curves.
+
+    Every process must call it (the RNG states of all processes are gathered); the first one writes. Older
+    checkpoints beyond train.keep_checkpoints are deleted, except the weights at train.keep_iterations. Returns the
+    weights' path.
+    """
+    tcfg = cfg.train
+    rng = _rng_states(dist_info)
+    if dist_info.is_main:
+        save_model(run.model_path(done), model, cfg.classes, iteration=done, config_name=cfg.name)
+        run.save_state(done, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
+        run.prune(tcfg.keep_checkpoints, tcfg.keep_iterations)
+        run.write_status(done, finished=done == tcfg.iters)
+        plot_curves(run.log, run.curves)
+    barrier()
+    return run.model_path(done)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
 def train(
     cfg: Config,
     run_dir: str | Path,
@@ -125,127 +356,42 @@ def train(
     Returns the last checkpoint written, its iteration, and the last logged loss.
     """
     dist_info = init_distributed(device)
-    tcfg = cfg.train
-    run = RunDirectory(run_dir)
-    start = run.prepare(resume, force) if dist_info.is_main else 0
-    start = int(all_reduce_sum(torch.tensor(start)).item()) if dist_info.world_size > 1 else start
-    if dist_info.is_main:
-        save_yaml(cfg, run.config)
-        run.truncate_log(start)
-    per_device = _per_device_batch(cfg, dist_info.world_size)
-    checkpoint_every = tcfg.checkpoint_interval or max(tcfg.iters // 10, 1)
+    tcfg, world_size = cfg.train, dist_info.world_size
+    run, start = prepare_run(cfg, run_dir, resume, force, dist_info)
+    per_device = _per_device_batch(cfg, world_size)
 
     torch.manual_seed(tcfg.seed + dist_info.rank)
-    # A resumed run takes its weights (and text tower) from its own last checkpoint, not from train.init.
-    model = load_checkpoint(run.model_path(start), base=cfg.model)[0] if start > 0 else build_model(cfg)
-    model = model.to(dist_info.device).train()
+    model = starting_model(cfg, run, start).to(dist_info.device).train()
     classes = cfg.classes
     text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, model.text_encoder)
     text = text.to(dist_info.device)
-    if evaluate_fn is None:
-
-        def evaluate_fn(bare_model: CascadeCLIP, iteration: int) -> dict:
-            results = evaluate(bare_model, cfg, text)
-            return {key: results[key] for key in HEADLINE_METRICS}
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=tcfg.precision == "fp16")
+    evaluate_fn = evaluate_fn or protocol_evaluation(cfg, text)
+    params, optimizer, scaler = build_optimiser(model, tcfg, dist_info.device)
     if start > 0:
-        state = run.load_state(start)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        _restore_rng(state["rng"], dist_info)
+        restore_training_state(run.load_state(start), optimizer, scaler, dist_info)
     # The last decoder layer's value path and FFN never receive gradients (as in the reference): DDP must know.
-    trained = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.world_size > 1 else model
-
-    layout = get_layout(classes.dataset)
-    stream = TrainingStream(list_samples(classes.dataset, cfg.data.root, "train"), layout, tcfg)
-    sampler = StreamSampler(
-        start, tcfg.iters, tcfg.batch_size, tcfg.accumulation_steps, dist_info.rank, dist_info.world_size
-    )
-    loader = DataLoader(
-        stream,
-        batch_size=per_device,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        pin_memory=dist_info.device.type == "cuda",
-        persistent_workers=cfg.data.num_workers > 0,
-        generator=torch.Generator().manual_seed(tcfg.seed),  # keeps the loader off the global RNG (dropout's)
-    )
-    batches = iter(loader)
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
+    batches = iter(build_loader(cfg, start, per_device, dist_info))
 
     bar = tqdm(
         total=tcfg.iters, initial=start, desc="train", disable=not (progress and dist_info.is_main), dynamic_ncols=True
     )
     last_checkpoint, last_loss, started = run.model_path(start), math.nan, time.time()
     for iteration in range(start, tcfg.iters):
-        lr = learning_rate(iteration, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, device=dist_info.device)  # focal sum, dice sum, (image, class) pairs
-        for step in range(tcfg.accumulation_steps):
-            images, labels = next(batches)
-            images = images.to(dist_info.device, non_blocking=True)
-            labels = labels.to(dist_info.device, non_blocking=True)
-            sync = step == tcfg.accumulation_steps - 1 or dist_info.world_size == 1
-            with contextlib.nullcontext() if sync else trained.no_sync(), _autocast(tcfg.precision, dist_info.device):
-                losses = training_losses(
-                    trained,
-                    images,
-                    labels,
-                    text,
-                    classes.seen,
-                    classes.unseen,
-                    classes.setting,
-                    normaliser=torch.ones((), device=dist_info.device),
-                )
-                scaler.scale(losses["loss_focal"] + losses["loss_dice"]).backward()
-            sums += torch.stack(
-                [losses["loss_focal"].detach(), losses["loss_dice"].detach(), losses["num_pairs"].float()]
-            )
-        all_reduce_sum(sums)
-        # N_m of the reference: pairs of the whole step over the processes, per process, at least 1. DDP has
-        # averaged the gradients over processes, so dividing by N_m yields the loss sum over the step / all pairs.
-        normaliser = (sums[2] / dist_info.world_size).clamp(min=1.0)
-        scaler.unscale_(optimizer)
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(normaliser)
-        scaler.step(optimizer)
-        scaler.update()
-
+        lr = set_learning_rate(optimizer, iteration, tcfg)
+        sums = all_reduce_sum(accumulation_step(trained, batches, text, cfg, scaler, dist_info.device))
+        normaliser = optimiser_step(optimizer, scaler, params, sums[2], world_size)
         done = iteration + 1
-        focal, dice = (sums[:2] / dist_info.world_size / normaliser).tolist()
+        focal, dice = (sums[:2] / world_size / normaliser).tolist()
         last_loss = focal + dice
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-        if dist_info.is_main and (done % tcfg.log_interval == 0 or done == tcfg.iters or done == 1):
-            run.append_log(
-                {
-                    "iter": done,
-                    "loss": last_loss,
-                    "loss_focal": focal,
-                    "loss_dice": dice,
-                    "lr": lr,
-                    "time": round(time.time() - started, 3),
-                }
-            )
+        if dist_info.is_main and is_log_iteration(done, tcfg):
+            record = {"iter": done, "loss": last_loss, "loss_focal": focal, "loss_dice": dice, "lr": lr}
+            run.append_log({**record, "time": round(time.time() - started, 3)})
         if tcfg.eval_interval and done % tcfg.eval_interval == 0:
-            metrics = evaluate_fn(model.eval(), done)
-            model.train()
-            if dist_info.is_main:
-                run.append_log({"iter": done, "eval": metrics})
-        if done % checkpoint_every == 0 or done == tcfg.iters or done in tcfg.keep_iterations:
-            rng = _rng_states(dist_info)
-            if dist_info.is_main:
-                save_model(run.model_path(done), model, classes, iteration=done, config_name=cfg.name)
-                run.save_state(done, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
-                run.prune(tcfg.keep_checkpoints, tcfg.keep_iterations)
-                run.write_status(done, finished=done == tcfg.iters)
-                plot_curves(run.log, run.curves)
-            last_checkpoint = run.model_path(done)
-            barrier()
+            evaluate_step(model, evaluate_fn, done, run, dist_info.is_main)
+        if is_checkpoint_iteration(done, tcfg):
+            last_checkpoint = save_checkpoint(run, done, model, optimizer, scaler, cfg, dist_info)
     bar.close()
     return TrainResult(last_checkpoint, tcfg.iters, last_loss)

@@ -33,12 +33,15 @@ def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts[:, :num_classes] > 0
 
 
+def pairs_per_process(total_pairs: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The reference's N_m from the pair count summed over all processes: divided by the world size, at least 1."""
+    return (total_pairs / world_size).clamp(min=1.0)
+
+
 def mask_normaliser(num_pairs: int, device: torch.device) -> torch.Tensor:
-    """The reference's N_m: pair count summed over processes, divided by the world size, at least 1."""
+    """The reference's N_m of one batch: this process's pair count summed over processes (see `pairs_per_process`)."""
     n = all_reduce_sum(torch.tensor(float(num_pairs), device=device))
-    if is_distributed():
-        n = n / dist.get_world_size()
-    return n.clamp(min=1.0)
+    return pairs_per_process(n, dist.get_world_size() if is_distributed() else 1)
 
 
 def sigmoid_focal_loss(
