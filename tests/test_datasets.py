@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from cascadeclip.cli.main import main
+from cascadeclip.config.dataset_file import load_dataset
 from cascadeclip.config.presets import get_preset
-from cascadeclip.data.datasets import LAYOUTS, list_samples, read_image, read_label
+from cascadeclip.data.datasets import list_samples, read_image, read_label
 from cascadeclip.data.eval_dataset import eval_dataset
 from cascadeclip.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cascadeclip.utils import UserError
@@ -34,10 +35,10 @@ def test_voc_train_is_train_plus_aug_and_labels_are_reduced(tmp_path):
     val = list_samples("voc", tmp_path, "val")
     assert [s.name for s in val] == ["v1", "v2"]
     for sample in train + val:
-        label = read_label(sample.label, LAYOUTS["voc"])
+        label = read_label(sample.label, load_dataset("voc"))
         np.testing.assert_array_equal(label, reduced(raw[sample.name]))
         assert read_image(sample.image).shape == (*label.shape, 3)
-    label = read_label(val[0].label, LAYOUTS["voc"])
+    label = read_label(val[0].label, load_dataset("voc"))
     assert label[0, 0] == 255 and label[0, 1] == 19  # background ignored; raw 20 = tvmonitor = class 19
     assert set(np.unique(label)) <= set(range(20)) | {255}
 
@@ -46,7 +47,7 @@ def test_context_labels_are_reduced_to_59_classes(tmp_path):
     raw = make_context(tmp_path, {"train": ["c1"], "val": ["c2", "c3"]})
     val = list_samples("context", tmp_path, "val")
     assert [s.name for s in val] == ["c2", "c3"]
-    label = read_label(val[0].label, LAYOUTS["context"])
+    label = read_label(val[0].label, load_dataset("context"))
     np.testing.assert_array_equal(label, reduced(raw["c2"]))
     assert label[0, 1] == 58 and get_preset("context-inductive").classes.names[58] == "wood"
 
@@ -56,7 +57,7 @@ def test_coco_lists_image_files_sorted_and_keeps_labels(tmp_path):
     val = list_samples("coco", tmp_path, "val")
     assert [s.name for s in val] == ["000000000139", "000000000285"]
     assert val[0].label.name == "000000000139_labelTrainIds.png"
-    label = read_label(val[0].label, LAYOUTS["coco"])
+    label = read_label(val[0].label, load_dataset("coco"))
     np.testing.assert_array_equal(label, raw["000000000139"])  # no reduce_zero_label: 0 = person stays 0
     assert label[0, 0] == 0 and label[0, 1] == 170
 

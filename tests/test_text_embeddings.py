@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import tokenize
 
 from cascadeclip.config import TextEncoderConfig
-from cascadeclip.config.presets import PRESETS
+from cascadeclip.config.presets import get_preset
 from cascadeclip.inference.text_embeddings import MULTI_TEMPLATES, class_embeddings, load_embedding_file
 from cascadeclip.modeling.text_encoder import TextEncoder
 
@@ -22,7 +22,7 @@ SHARED_EMBEDDINGS = SHARED_DIR / "reference" / "text_embeddings"
 def test_reference_files_load_as_fp32_without_renormalising(preset, monkeypatch):
     embeddings = shared_data(SHARED_EMBEDDINGS, "the reference text embeddings")
     monkeypatch.setenv("CASCADECLIP_EMBEDDINGS_DIR", str(embeddings))
-    classes = PRESETS[preset].classes
+    classes = get_preset(preset).classes
     text = class_embeddings(classes.names, classes.templates, classes.text_embeddings)
     raw = np.load(SHARED_EMBEDDINGS / classes.text_embeddings)
     assert text.dtype == torch.float32 and text.shape == (len(classes.names), 512)

@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from cascadeclip.config import Config, DataConfig, TestConfig, TrainConfig, save_yaml
+from cascadeclip.config.dataset_file import load_dataset
 from cascadeclip.config.presets import get_preset
-from cascadeclip.data.datasets import get_layout, list_samples
+from cascadeclip.data.datasets import list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
 from cascadeclip.engine.distributed import DistInfo
 from cascadeclip.engine.run_directory import RunDirectory
@@ -97,8 +98,8 @@ def test_schedule_matches_the_reference_formula():
 
 def test_stream_is_independent_of_workers_and_processes(tmp_path):
     cfg = tiny_config(tmp_path)
-    layout = get_layout("voc")
-    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), layout, cfg.train)
+    dataset = load_dataset("voc")
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), dataset, cfg.train)
     assert len(stream) == 12  # train.txt (8) + aug.txt (4)
     image, label = stream[5]
     assert image.shape == (3, 64, 64) and label.shape == (64, 64) and label.dtype == torch.int64
@@ -128,7 +129,7 @@ def test_accumulation_step_sums_losses_pairs_and_gradients_of_its_micro_batches(
     torch.manual_seed(0)
     model = CascadeCLIP(cfg.model).train()
     text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
-    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), get_layout("voc"), cfg.train)
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), load_dataset("voc"), cfg.train)
     batches = [tuple(map(torch.stack, zip(*[stream[i] for i in range(k, k + 2)], strict=True))) for k in (0, 2, 4)]
     classes, params = cfg.classes, [p for p in model.parameters() if p.requires_grad]
 
@@ -244,7 +245,7 @@ def test_transductive_pseudo_labels_only_on_unseen_pixels(tmp_path):
     # Direct check of the targets: unseen ground truth -> an unseen class; seen and ignored pixels unchanged.
     model, _, _ = load_checkpoint(result.checkpoint)
     text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
-    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), get_layout("voc"), cfg.train)
+    stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), load_dataset("voc"), cfg.train)
     images, labels = map(torch.stack, zip(*[stream[i] for i in range(6)], strict=True))
     unseen = torch.tensor(cfg.classes.unseen)
     with torch.no_grad():

@@ -12,8 +12,9 @@ from open_clip.tokenizer import tokenize
 
 from cascadeclip.cli.main import main
 from cascadeclip.config.class_names import WORLD_CLASSES, WORLD_COLOURS, WORLD_PATTERNS, WORLD_UNSEEN
+from cascadeclip.config.dataset_file import load_dataset
 from cascadeclip.config.presets import get_preset
-from cascadeclip.data.datasets import get_layout, list_samples, read_label
+from cascadeclip.data.datasets import list_samples, read_label
 from cascadeclip.factory import create_model, save_openai_archive
 from cascadeclip.world.dataset import write_dataset
 from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip
@@ -58,12 +59,12 @@ def test_scenes_are_deterministic_with_exact_masks_and_captions():
 
 def test_world_split_is_read_by_the_project_readers(tmp_path):
     write_dataset(tmp_path, seed=1, size=64, train_count=6, val_count=3)
-    layout = get_layout("world")
+    dataset = load_dataset("world")
     val = list_samples("world", tmp_path, "val")
     assert [s.name for s in val] == ["val_00000", "val_00001", "val_00002"]
     assert len(list_samples("world", tmp_path, "train")) == 6
     for i, sample in enumerate(val):
-        label = read_label(sample.label, layout)
+        label = read_label(sample.label, dataset)
         expected = render_scene(scene_rng(1, "val", i)).label.astype(int) - 1  # reduce_zero_label
         assert np.array_equal(label, np.where(expected < 0, 255, expected))
 

@@ -13,6 +13,15 @@ from pathlib import Path
 # the reduction of label 0, COCO-Stuff's unlabelled pixels), as in the authors' data; also the background of
 # `cascade-clip segment`'s label maps.
 IGNORE_INDEX = 255
+# Class sets of more than 255 classes (ADE20K-847, Pascal Context-459) need 16-bit labels, in which 255 is a class;
+# their unscored pixels are 65535, as in the 16-bit label files of those benchmarks. Training reads 8-bit labels only.
+WIDE_IGNORE_INDEX = 65535
+
+
+def ignore_index_for(num_classes: int) -> int:
+    """The label value of unscored pixels for a class set of this size: 255, or 65535 above 255 classes."""
+    return IGNORE_INDEX if num_classes <= IGNORE_INDEX else WIDE_IGNORE_INDEX
+
 
 CACHE_ENV = "CASCADECLIP_CACHE"
 

@@ -7,22 +7,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.dataset_file import BUILTIN_DATASETS, DatasetSpec, load_dataset
 from ..data.check import SplitReport, check_split
-from ..data.datasets import DATA_ROOT_ENV, LAYOUTS, data_root
+from ..data.datasets import DATA_ROOT_ENV, data_root, split_present
 from ..utils import UserError
 
 HELP = "check a dataset root: images and labels per split, missing files, unreadable labels, values out of range"
 SHOWN = 10  # problems listed per kind; the rest are counted
-# Images in the standard splits (docs/method.md, Datasets); another count is not an error (e.g. a subset on purpose)
-# but is pointed out, since the published numbers are over the full splits. VOC train is left out: train.txt +
-# aug.txt lists depend on the converter's version (aug.txt may or may not repeat train.txt).
-STANDARD_SIZES = {
-    ("voc", "val"): 1449,
-    ("context", "train"): 4996,
-    ("context", "val"): 5104,
-    ("coco", "train"): 118287,
-    ("coco", "val"): 5000,
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         action="append",
-        choices=sorted(LAYOUTS),
-        help="check only this dataset (repeatable; default: every one present under the root)",
+        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or the path of a dataset YAML file (repeatable; "
+        "default: every built-in one present under the root)",
     )
     parser.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
     parser.add_argument(
@@ -49,14 +40,14 @@ def _listing(title: str, items: list[str]) -> list[str]:
     return lines
 
 
-def format_report(report: SplitReport) -> str:
+def format_report(report: SplitReport, published_sizes: dict[str, int]) -> str:
     if report.error:
         return f"  {report.split:<6} PROBLEM: {report.error}"
     status = "ok" if report.ok else "PROBLEMS"
     lines = [
         f"  {report.split:<6} {report.listed:>7} listed {report.images:>7} images {report.labels:>7} labels  {status}"
     ]
-    standard = STANDARD_SIZES.get((report.dataset, report.split))
+    standard = published_sizes.get(report.split)
     if standard is not None and report.listed != standard:
         lines.append(
             f"    note: the standard {report.split} split has {standard} images (published numbers are over it)"
@@ -68,22 +59,37 @@ def format_report(report: SplitReport) -> str:
     return "\n".join(lines)
 
 
+def present_builtin_datasets(root) -> list[DatasetSpec]:
+    """The built-in datasets with a split on disk under `root`, each set of files once: a dataset that reads only
+    files of one found before it (VOC-21 reads VOC's, Context-60 Context's) is left out."""
+    found, files = [], set()
+    for name in BUILTIN_DATASETS:
+        spec = load_dataset(name)
+        suffixes = (spec.image_suffix, spec.label_suffix)
+        own = {(spec.folder, suffixes, source) for split in spec.splits for source in spec.sources(split)}
+        if own <= files or not any(split_present(spec, root, split) for split in spec.splits):
+            continue
+        found.append(spec)
+        files |= own
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     root = data_root(args.data_root)
-    datasets = args.dataset or [name for name, layout in LAYOUTS.items() if (root / layout.base).is_dir()]
+    datasets = [load_dataset(d) for d in args.dataset] if args.dataset else present_builtin_datasets(root)
     if not datasets:
-        expected = ", ".join(layout.base for layout in LAYOUTS.values())
+        folders = dict.fromkeys(load_dataset(name).folder for name in BUILTIN_DATASETS)
         raise UserError(
-            f"no dataset found under {root}: expected one of {expected}. Give --data-root or ${DATA_ROOT_ENV}"
+            f"no dataset found under {root}: expected one of {', '.join(folders)}. Give --data-root or "
+            f"${DATA_ROOT_ENV}, or --dataset with your dataset file"
         )
-    print(f"checking {', '.join(datasets)} under {root}")
+    print(f"checking {', '.join(spec.name for spec in datasets)} under {root}")
     all_ok = True
-    for dataset in datasets:
-        layout = LAYOUTS[dataset]
-        print(f"{dataset} ({layout.base}, {layout.num_classes} classes)")
-        for split in args.split or list(layout.splits):
-            report = check_split(dataset, str(root), split, args.decode_images, args.workers, progress=True)
-            print(format_report(report), flush=True)
+    for spec in datasets:
+        print(f"{spec.name} ({spec.folder}, {spec.num_classes} classes)")
+        for split in args.split or list(spec.splits):
+            report = check_split(spec, str(root), split, args.decode_images, args.workers, progress=True)
+            print(format_report(report, spec.published_sizes), flush=True)
             all_ok &= report.ok
     print("all checked splits are complete and valid" if all_ok else "problems found (see above)")
     return 0 if all_ok else 1

@@ -1,4 +1,5 @@
-"""Configuration: typed dataclasses (`schema`), the authors' configurations (`presets`), class lists (`class_names`)."""
+"""Configuration: typed dataclasses (`schema`), the authors' configurations (`presets`), dataset files
+(`dataset_file`)."""
 
 from .presets import PRESETS, get_preset, resolve_config
 from .schema import (

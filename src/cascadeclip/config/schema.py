@@ -128,7 +128,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, options[0], where)
+        errors = []
+        for option in options:  # the first type the value fits, e.g. `str | tuple[str, ...]`
+            try:
+                return _coerce(value, option, where)
+            except ValueError as err:
+                errors.append(err)
+        raise errors[0]
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -210,22 +216,40 @@ def save_yaml(cfg: Any, path: Path) -> None:
 
 @dataclass
 class ClassesConfig:
-    """The zero-shot task: which classes are queried, which of them were unseen in training, and their embeddings."""
+    """The zero-shot task: which classes are queried, which of them were unseen in training, and their embeddings.
 
-    dataset: str = "voc"  # class list and layout: voc | context | coco
-    names: tuple[str, ...] = ()
-    unseen: tuple[int, ...] = ()  # indices into `names`; the others are seen
+    The dataset file (`config.dataset_file`) supplies every field left empty (names `()`, the others None) when the
+    configuration is resolved (`resolve_classes`); a resolved configuration holds them all.
+    """
+
+    dataset: str = "voc"  # a built-in dataset (voc, context, coco, ade150, ...) or the path of a dataset YAML file
+    names: tuple[str, ...] = ()  # in label order; () = the dataset's names (others, e.g. synonyms, may replace them)
+    unseen: tuple[int, ...] | None = None  # indices into `names`; the others are seen. None: the dataset's
     setting: str = "inductive"  # inductive (seen-class queries in training) | transductive (self-training)
     # Precomputed class embeddings: a file name looked up in the embeddings directory, or a path. Empty: compute
-    # them with the CLIP text tower from `names` and `templates`.
-    text_embeddings: str = ""
-    templates: str = "single"  # single ("a photo of a {}") | multi (the 15-template ensemble)
+    # them with the CLIP text tower from `names` and `templates`. None: the dataset's.
+    text_embeddings: str | None = None
+    # single ("a photo of a {}") | multi (the 15-template ensemble) | a list of templates with "{}". None: the dataset's
+    templates: str | tuple[str, ...] | None = None
+    # A class that is not queried: predicted where no other class reaches test.background_threshold (evaluation
+    # only, e.g. VOC-21's background). "" = none; None: the dataset's.
+    background: str | None = None
     seen_score_shift: float = 0.1  # subtracted from seen-class probabilities at test time, inductive setting only
 
     @property
     def seen(self) -> tuple[int, ...]:
-        unseen = set(self.unseen)
-        return tuple(i for i in range(len(self.names)) if i not in unseen)
+        """Indices of the seen classes (the background class, when there is one, is neither seen nor unseen)."""
+        unseen = set(self.unseen or ())
+        return tuple(i for i in self.queried if i not in unseen)
+
+    @property
+    def background_index(self) -> int | None:
+        return self.names.index(self.background) if self.background else None
+
+    @property
+    def queried(self) -> tuple[int, ...]:
+        """Indices of the classes that get a text query: all but the background class."""
+        return tuple(i for i in range(len(self.names)) if i != self.background_index)
 
     @property
     def test_seen_shift(self) -> float:
@@ -281,6 +305,9 @@ class TestConfig:
     crop_size: int = 512
     stride: int = 426
     window_batch: int = 8  # sliding windows of one image run together in batches of this size
+    # With a background class (classes.background): pixels where no queried class reaches this probability are
+    # background. A fixed value, the `Segmenter`'s default, never tuned on the images evaluated.
+    background_threshold: float = 0.5
 
 
 @dataclass

@@ -12,13 +12,13 @@ from functools import partial
 
 from tqdm import tqdm
 
+from ..config.dataset_file import DatasetSpec, load_dataset
 from ..utils import UserError
 from .datasets import (
-    Layout,
     Sample,
     check_sizes_match,
-    data_root,
-    get_layout,
+    dataset_folder,
+    files_with_suffix,
     list_samples,
     read_image,
     read_image_size,
@@ -44,7 +44,7 @@ class SplitReport:
         return not (self.error or self.missing_images or self.missing_labels or self.unmatched_labels or self.bad_files)
 
 
-def check_sample(sample: Sample, layout: Layout, decode_images: bool = False) -> tuple[bool, bool, str | None]:
+def check_sample(sample: Sample, dataset: DatasetSpec, decode_images: bool = False) -> tuple[bool, bool, str | None]:
     """(image exists, label exists, message of the first problem found in the files that exist, or None)."""
     has_image, has_label = sample.image.is_file(), sample.label.is_file()
     try:
@@ -52,7 +52,7 @@ def check_sample(sample: Sample, layout: Layout, decode_images: bool = False) ->
         if has_image:
             size = read_image(sample.image).shape[:2] if decode_images else read_image_size(sample.image)
         if has_label:
-            label = read_label(sample.label, layout)
+            label = read_label(sample.label, dataset)
             if size is not None:
                 check_sizes_match(size, label, sample.label)
     except UserError as err:
@@ -61,19 +61,24 @@ def check_sample(sample: Sample, layout: Layout, decode_images: bool = False) ->
 
 
 def check_split(
-    dataset: str, root: str | None, split: str, decode_images: bool = False, workers: int = 0, progress: bool = False
+    dataset: str | DatasetSpec,
+    root: str | None,
+    split: str,
+    decode_images: bool = False,
+    workers: int = 0,
+    progress: bool = False,
 ) -> SplitReport:
     """Check every sample of `dataset`/`split` under `root`, in `workers` processes (0: this one)."""
-    report = SplitReport(dataset, split)
-    layout = get_layout(dataset)
+    spec = load_dataset(dataset)
+    report = SplitReport(spec.name, split)
     try:
-        samples = list_samples(dataset, root, split)
+        samples = list_samples(spec, root, split)
     except UserError as err:
         report.error = str(err)
         return report
     report.listed = len(samples)
-    check = partial(check_sample, layout=layout, decode_images=decode_images)
-    bar = partial(tqdm, total=len(samples), desc=f"{dataset} {split}", unit="file", leave=False, disable=not progress)
+    check = partial(check_sample, dataset=spec, decode_images=decode_images)
+    bar = partial(tqdm, total=len(samples), desc=f"{spec.name} {split}", unit="file", leave=False, disable=not progress)
     if workers > 0:
         with ProcessPoolExecutor(workers) as pool:
             outcomes = list(bar(pool.map(check, samples, chunksize=64)))
@@ -88,20 +93,19 @@ def check_split(
             report.missing_labels.append(sample.name)
         if problem:
             report.bad_files.append(problem)
-    report.unmatched_labels = _labels_without_images(dataset, root, split, samples)
+    report.unmatched_labels = _labels_without_images(spec, root, split, samples)
     return report
 
 
-def _labels_without_images(dataset: str, root: str | None, split: str, samples: list[Sample]) -> list[str]:
+def _labels_without_images(dataset: DatasetSpec, root: str | None, split: str, samples: list[Sample]) -> list[str]:
     """Label files of a folder-listed split (COCO) whose image is absent; split-file layouts share label folders
     across splits, so a label outside the list is normal there."""
-    layout = get_layout(dataset)
-    base = data_root(root) / layout.base
+    base = dataset_folder(dataset, root)
     listed = {sample.name for sample in samples}
     unmatched = []
-    for part in layout.splits[split]:
-        label_dir = base / part.label_dir
-        if part.split_file is None and label_dir.is_dir():
-            names = (p.name[: -len(layout.label_suffix)] for p in label_dir.glob(f"*{layout.label_suffix}"))
-            unmatched += sorted(str(label_dir / f"{n}{layout.label_suffix}") for n in names if n not in listed)
+    for source in dataset.sources(split):
+        label_dir = base / source.labels
+        if not source.split_file and label_dir.is_dir():
+            names = files_with_suffix(label_dir, dataset.label_suffix, source.recursive)
+            unmatched += sorted(str(label_dir / f"{n}{dataset.label_suffix}") for n in names if n not in listed)
     return unmatched

@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config.dataset_file import DatasetSpec, load_dataset
 from ..utils import UserError
-from .datasets import Layout, Sample, check_sizes_match, data_root, get_layout, list_samples, read_image, read_label
+from .datasets import Sample, check_sizes_match, data_root, list_samples, read_image, read_label
 from .transforms import test_image_tensor
 
 
@@ -24,14 +26,15 @@ class EvalDataset(Dataset):
 
     Each item is a dict:
         image: (3, H', W') float tensor, short side resized to `short_side`, ImageNet-normalised;
-        label: (H, W) uint8 tensor at the original size, class indices or 255 = ignore (after reduce_zero_label);
+        label: (H, W) tensor at the original size, class indices or the ignore index: uint8 with 255, or int32
+            with 65535 for more than 255 classes (`utils.ignore_index_for`);
         name: the sample's id; image_path: str;
         error: None, or a one-line message naming the file that could not be used (image and label are then None).
     """
 
-    def __init__(self, samples: list[Sample], layout: Layout, short_side: int = 512):
+    def __init__(self, samples: list[Sample], dataset: DatasetSpec, short_side: int = 512):
         self.samples = samples
-        self.layout = layout
+        self.dataset = dataset
         self.short_side = short_side
 
     def __len__(self) -> int:
@@ -42,28 +45,34 @@ class EvalDataset(Dataset):
         item = {"name": sample.name, "image_path": str(sample.image), "image": None, "label": None, "error": None}
         try:
             image = read_image(sample.image)
-            label = read_label(sample.label, self.layout)
+            label = read_label(sample.label, self.dataset)
             check_sizes_match(image.shape[:2], label, sample.label)
         except UserError as err:
             item["error"] = str(err)
             return item
         item["image"] = test_image_tensor(image, self.short_side)[0]
-        item["label"] = torch.from_numpy(label)
+        item["label"] = torch.from_numpy(label if label.dtype == np.uint8 else label.astype(np.int32))
         return item
 
 
 def eval_dataset(
-    dataset: str, root: str | Path | None, split: str = "val", short_side: int = 512, rank: int = 0, world_size: int = 1
+    dataset: str | DatasetSpec,
+    root: str | Path | None,
+    split: str = "val",
+    short_side: int = 512,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvalDataset:
     """The evaluation samples of `dataset`/`split`; with several processes, this rank's share.
 
     Ranks take every `world_size`-th image starting at `rank`, so each image is evaluated exactly once (no padding
     with repeated images, unlike DistributedSampler) and the summed counts equal a single-process run's.
     """
-    samples = list_samples(dataset, root, split)
+    spec = load_dataset(dataset)
+    samples = list_samples(spec, root, split)
     if not samples:
-        raise UserError(f"the {dataset} {split} split under {data_root(root)} has no images; check the folder")
-    return EvalDataset(samples[rank::world_size], get_layout(dataset), short_side)
+        raise UserError(f"the {spec.name} {split} split under {data_root(root)} has no images; check the folder")
+    return EvalDataset(samples[rank::world_size], spec, short_side)
 
 
 def eval_loader(dataset: Dataset, workers: int = 4, pin_memory: bool = False) -> DataLoader:

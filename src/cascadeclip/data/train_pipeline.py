@@ -20,8 +20,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import TrainConfig
+from ..config.dataset_file import DatasetSpec
 from ..utils import IGNORE_INDEX
-from .datasets import Layout, Sample, read_image, read_label
+from .datasets import Sample, read_image, read_label
 from .transforms import normalize
 
 
@@ -112,10 +113,10 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: TrainConfig, rng: np.rand
 class TrainingStream(Dataset):
     """Position p of the training stream -> (image (3, S, S), label (S, S)); see the module docstring."""
 
-    def __init__(self, samples: list[Sample], layout: Layout, cfg: TrainConfig):
+    def __init__(self, samples: list[Sample], dataset: DatasetSpec, cfg: TrainConfig):
         if not samples:
             raise ValueError("the training split is empty")
-        self.samples, self.layout, self.cfg = samples, layout, cfg
+        self.samples, self.dataset, self.cfg = samples, dataset, cfg
         self._permutations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -130,7 +131,7 @@ class TrainingStream(Dataset):
     def __getitem__(self, position: int):
         sample = self.samples[self.sample_index(position)]
         rng = np.random.default_rng([self.cfg.seed, 1 << 32, position])
-        return augment(read_image(sample.image), read_label(sample.label, self.layout), self.cfg, rng)
+        return augment(read_image(sample.image), read_label(sample.label, self.dataset), self.cfg, rng)
 
 
 class StreamSampler(Sampler[int]):

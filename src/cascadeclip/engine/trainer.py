@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, TrainConfig, save_yaml
-from ..data.datasets import get_layout, list_samples
+from ..config.dataset_file import load_dataset, resolved
+from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream
 from ..evaluation import evaluate
 from ..factory import create_model, load_checkpoint, save_model
@@ -38,7 +39,7 @@ from ..inference.text_embeddings import class_embeddings
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.loss import pairs_per_process
 from ..modeling.zero_shot import training_losses
-from ..utils import UserError
+from ..utils import IGNORE_INDEX, UserError
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .run_directory import RunDirectory
@@ -81,6 +82,21 @@ def build_model(cfg: Config) -> CascadeCLIP:
     else:
         model, _, _ = load_checkpoint(_resolve_init_checkpoint(cfg.train.init), base=cfg.model)
     return model
+
+
+def _check_trainable(cfg: Config) -> None:
+    """UserError unless the run's dataset can be trained on: labels of at most 255 classes, no background class."""
+    dataset = load_dataset(cfg.classes.dataset)
+    if dataset.num_classes > IGNORE_INDEX:
+        raise UserError(
+            f"{dataset.name} has {dataset.num_classes} classes; training reads 8-bit labels, so at most "
+            f"{IGNORE_INDEX} classes (evaluation reads 16-bit labels of any number)"
+        )
+    if cfg.classes.background:
+        raise UserError(
+            f"classes.background ({cfg.classes.background!r}) is for evaluation; training takes background pixels "
+            "as not labelled: use a dataset file that ignores them (e.g. reduce_zero_label: true, as voc.yaml)"
+        )
 
 
 def _per_device_batch(cfg: Config, world_size: int) -> int:
@@ -170,8 +186,8 @@ def build_loader(cfg: Config, start: int, per_device: int, dist_info: DistInfo) 
     """This process's share of the training stream from iteration `start` on, `per_device` samples per batch,
     `train.accumulation_steps` batches per iteration (see `StreamSampler`)."""
     tcfg = cfg.train
-    dataset = cfg.classes.dataset
-    stream = TrainingStream(list_samples(dataset, cfg.data.root, "train"), get_layout(dataset), tcfg)
+    dataset = load_dataset(cfg.classes.dataset)
+    stream = TrainingStream(list_samples(dataset, cfg.data.root, "train"), dataset, tcfg)
     sampler = StreamSampler(
         start, tcfg.iters, tcfg.batch_size, tcfg.accumulation_steps, dist_info.rank, dist_info.world_size
     )
@@ -355,6 +371,8 @@ def train(
 
     Returns the last checkpoint written, its iteration, and the last logged loss.
     """
+    cfg = resolved(cfg)
+    _check_trainable(cfg)
     dist_info = init_distributed(device)
     tcfg, world_size = cfg.train, dist_info.world_size
     run, start = prepare_run(cfg, run_dir, resume, force, dist_info)

@@ -1,5 +1,5 @@
 """The world's segmentation splits written to disk in the VOC 2012 layout (under VOCdevkit/World), so the project's
-own readers, trainer and evaluator use them unchanged (dataset "world" in `cascadeclip.data.datasets.LAYOUTS`)."""
+own readers, trainer and evaluator use them unchanged (the built-in dataset file `world.yaml`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.datasets import get_layout
+from ..config.dataset_file import load_dataset
 from ..visualize import palette
 from .scenes import render_scene, scene_rng
 
 
 def write_split(root: Path, split: str, count: int, seed: int, size: int) -> None:
     """Write `count` scenes of `split` under root/VOCdevkit/World (JPEG images, palette PNG labels, id list)."""
-    base = root / get_layout("world").base
+    base = root / load_dataset("world").folder
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (base / folder).mkdir(parents=True, exist_ok=True)
     colours = [0, 0, 0] + palette(20).flatten().tolist()  # index 0 = background (black), c + 1 = class c

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..config.dataset_file import load_dataset
 from ..config.presets import WORLD_IMAGE_SIZE, WORLD_INDUCTIVE_ITERS, world_preset
-from ..data.datasets import get_layout, list_samples, read_label
+from ..data.datasets import list_samples, read_label
 from ..engine.trainer import train
 from ..evaluation import IoUAccumulator, evaluate
 from ..factory import load_checkpoint
@@ -85,7 +86,7 @@ def world_dataset(recipe: WorldRecipe, cache: Path | None = None) -> Path:
         "size": WORLD_IMAGE_SIZE,
         "train": recipe.train_images,
         "val": recipe.val_images,
-        "layout": get_layout("world").base,
+        "layout": load_dataset("world").folder,
     }
 
     def build(folder: Path) -> None:
@@ -110,16 +111,16 @@ def run_config(recipe: WorldRecipe, variant: str, setting: str, data_root: Path,
 def chance_metrics(cfg: Config, seed: int) -> dict[str, dict]:
     """The metric for image-blind predictions on the validation split: a uniformly random class per pixel, and the
     class with the most training pixels everywhere. No model does worse than these without being wrong on purpose."""
-    layout = get_layout(cfg.classes.dataset)
+    dataset = load_dataset(cfg.classes.dataset)
     names, unseen = cfg.classes.names, cfg.classes.unseen
     counts = np.zeros(256, dtype=np.int64)
-    for sample in list_samples(cfg.classes.dataset, cfg.data.root, "train"):
-        counts += np.bincount(read_label(sample.label, layout).ravel(), minlength=256)
+    for sample in list_samples(dataset, cfg.data.root, "train"):
+        counts += np.bincount(read_label(sample.label, dataset).ravel(), minlength=256)
     majority = int(counts[: len(names)].argmax())
     rng = np.random.default_rng(seed)
     uniform, everywhere = IoUAccumulator(len(names)), IoUAccumulator(len(names))
-    for sample in list_samples(cfg.classes.dataset, cfg.data.root, "val"):
-        label = torch.from_numpy(read_label(sample.label, layout))
+    for sample in list_samples(dataset, cfg.data.root, "val"):
+        label = torch.from_numpy(read_label(sample.label, dataset))
         uniform.update(torch.from_numpy(rng.integers(len(names), size=tuple(label.shape))), label)
         everywhere.update(torch.full_like(label, majority), label)
     return {

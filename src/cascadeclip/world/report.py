@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..data.datasets import get_layout, list_samples, read_image, read_label  # noqa: E402
+from ..config.dataset_file import load_dataset  # noqa: E402
+from ..data.datasets import list_samples, read_image, read_label  # noqa: E402
 from ..engine.curves import read_log  # noqa: E402
 from ..utils import (
     IGNORE_INDEX,  # noqa: E402
@@ -147,19 +148,19 @@ def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
     """Validation scenes holding unseen objects, one row each: image, ground truth, each model's prediction on the
     object pixels."""
     cfg = result.configs["cascade-inductive"]
-    layout = get_layout(cfg.classes.dataset)
+    dataset = load_dataset(cfg.classes.dataset)
     names = list(cfg.classes.names)
     colors = palette(len(names))
     unseen = set(cfg.classes.unseen)
     samples = [
         s
-        for s in list_samples(cfg.classes.dataset, cfg.data.root, "val")
-        if unseen & set(np.unique(read_label(s.label, layout)).tolist())
+        for s in list_samples(dataset, cfg.data.root, "val")
+        if unseen & set(np.unique(read_label(s.label, dataset)).tolist())
     ][:count]
     rows = []
     for sample in samples:
         image = Image.fromarray(read_image(sample.image))
-        label = read_label(sample.label, layout)
+        label = read_label(sample.label, dataset)
         # Only labelled pixels are scored (background is ignored, as in VOC), so only they are coloured.
         scored = [np.where(label == IGNORE_INDEX, IGNORE_INDEX, p[sample.name]) for p in result.predictions.values()]
         panels = [image, overlay(image, label, colors), *(overlay(image, p, colors) for p in scored)]
