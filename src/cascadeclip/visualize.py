@@ -40,11 +40,13 @@ def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = IGNORE_
     return out
 
 
-def overlay(image: Image.Image, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.55) -> Image.Image:
+def overlay(
+    image: Image.Image, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.55, ignore_index: int = IGNORE_INDEX
+) -> Image.Image:
     """Blend the colour-coded labels over the RGB image (same size); ignored pixels keep the image."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    coloured = colorize(labels, colors).astype(np.float32)
-    valid = (labels != IGNORE_INDEX)[..., None]
+    coloured = colorize(labels, colors, ignore_index).astype(np.float32)
+    valid = (labels != ignore_index)[..., None]
     blended = np.where(valid, (1 - alpha) * rgb + alpha * coloured, rgb)
     return Image.fromarray(blended.round().astype(np.uint8))
 
@@ -91,9 +93,11 @@ def side_by_side(panels: list[Image.Image], titles: list[str] | None = None, gap
     return canvas
 
 
-def present_legend(labels: np.ndarray, names: list[str], colors: np.ndarray, height: int) -> Image.Image:
+def present_legend(
+    labels: np.ndarray, names: list[str], colors: np.ndarray, height: int, ignore_index: int = IGNORE_INDEX
+) -> Image.Image:
     """Legend of only the classes that occur in `labels`, by decreasing pixel share."""
-    ids, counts = np.unique(labels[(labels != IGNORE_INDEX) & (labels < len(names))], return_counts=True)
+    ids, counts = np.unique(labels[(labels != ignore_index) & (labels < len(names))], return_counts=True)
     order = ids[np.argsort(-counts, kind="stable")]
     return legend([names[i] for i in order], colors[order], height)
 

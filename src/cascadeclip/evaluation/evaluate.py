@@ -15,13 +15,14 @@ import torch
 from tqdm import tqdm
 
 from ..config import ClassesConfig, Config, TestConfig
+from ..config.dataset_file import resolved
 from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
 from ..engine.distributed import all_gather_objects, rank_and_world_size
 from ..factory import load_text_encoder
 from ..inference.predict import protocol_scores, seen_shift_vector
 from ..inference.text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
-from ..utils import UserError
+from ..utils import UserError, ignore_index_for
 from .metric import IoUAccumulator
 
 # on_prediction(sample dict, (H, W) int64 prediction on the CPU), after each image
@@ -50,8 +51,9 @@ def evaluate(
         model: the bare model (unwrap DDP: `ddp.module`), on its device.
         cfg: the run's configuration: `classes` (names, unseen, setting: the inductive setting subtracts the
             seen-class shift), `test` (short side, slide window and stride), `data` (root, num_workers).
-        text: (C, D) embeddings of all `cfg.classes.names` in order (not only the seen classes trained on); None:
-            from `cfg.classes.text_embeddings` or the model's text tower (see `class_text`).
+        text: (C, D) embeddings of all queried `cfg.classes.names` in order (not only the seen classes trained on;
+            all but the background class, if any); None: from `cfg.classes.text_embeddings` or the model's text
+            tower (see `class_text`).
         data_root: dataset root; None: `cfg.data.root`, else $CASCADECLIP_DATA_ROOT, else ./datasets.
         dataset: this process's samples when already built with `evaluation_share` (which checks the root and
             split file, e.g. before a long model load); None: built here from `data_root` and `split`.
@@ -67,8 +69,10 @@ def evaluate(
     Returns:
         `IoUAccumulator.results` (percentages; None where a mean has no class): "mIoU_seen", "mIoU_unseen", "hIoU",
         "mIoU", "aAcc", "images", "per_class" [{"index", "name", "split", "IoU", "Acc", "pixels"}], plus "skipped"
-        [{"name", "error"}] for the samples left out with `skip_bad`.
+        [{"name", "error"}] for the samples left out with `skip_bad`, and "background" (how the background class
+        was predicted, or None).
     """
+    cfg = resolved(cfg)
     if dataset is None:
         dataset = evaluation_share(cfg, data_root, split)
     if text is None:
@@ -88,8 +92,9 @@ def evaluation_share(cfg: Config, data_root: str | Path | None = None, split: st
 
 
 def class_text(cfg: Config, model: CascadeCLIP, clip_weights: str | Path | None = None) -> tuple[torch.Tensor, str]:
-    """(C, D) test-time class embeddings and where they came from: the configured `.npy` when found (the authors'
-    files give the published numbers), else a CLIP text tower (`clip_weights`, else the model's own)."""
+    """(C, D) test-time embeddings of the queried classes (all but a background class) and where they came from:
+    the configured `.npy` when found (the authors' files give the published numbers), else a CLIP text tower
+    (`clip_weights`, else the model's own)."""
     classes = cfg.classes
     embedding_file = find_embedding_file(classes.text_embeddings) if classes.text_embeddings else None
     if embedding_file is not None:
@@ -98,8 +103,9 @@ def class_text(cfg: Config, model: CascadeCLIP, clip_weights: str | Path | None 
         source, text_encoder = f"the text tower of {clip_weights}", load_text_encoder(clip_weights)
     else:
         source, text_encoder = "the checkpoint's text tower", model.text_encoder
+    queried = tuple(classes.names[i] for i in classes.queried)
     try:
-        text = class_embeddings(classes.names, classes.templates, str(embedding_file or ""), text_encoder)
+        text = class_embeddings(queried, classes.templates, str(embedding_file or ""), text_encoder)
     except ValueError as err:
         raise UserError(str(err)) from None
     if text.shape[1] != model.cfg.head.dim:
@@ -131,20 +137,22 @@ def evaluate_samples(
         samples: items as `data.eval_dataset.EvalDataset` yields them (a DataLoader over it, or any iterable of
             dicts with "image" (3, H', W') normalised, "label" (H, W) class ids / 255, "name", optional "error").
             Under torchrun each process passes its own share; the counts are summed over processes.
-        text: (C, D) class embeddings, rows in `classes.names` order.
-        classes: class names, unseen indices and setting (the inductive setting subtracts the seen-class shift).
-        test: inference mode, window size and stride.
+        text: (Q, D) embeddings of the queried classes (`classes.queried`: all but the background class), in order.
+        classes: class names, unseen indices and setting (the inductive setting subtracts the seen-class shift),
+            background class (predicted where no queried class reaches `test.background_threshold`).
+        test: inference mode, window size and stride, background threshold.
         skip_bad: count and list unreadable samples instead of stopping at the first (UserError).
         progress: show a progress bar (images/s, ETA).
         on_prediction: called with (item, (H, W) int64 prediction on the CPU) after each image, e.g. to draw it.
     """
-    names = classes.names
-    if text.shape[0] != len(names):
-        raise ValueError(f"{text.shape[0]} class embeddings for {len(names)} class names")
+    names, queried = classes.names, torch.tensor(classes.queried)
+    if text.shape[0] != len(queried):
+        but = f" (all but the background class {classes.background!r})" if classes.background else ""
+        raise ValueError(f"{text.shape[0]} class embeddings for {len(queried)} class names{but}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    shift = seen_shift_vector(len(names), classes.seen, classes.test_seen_shift).to(device)
-    text = text.to(device)
-    counts = IoUAccumulator(len(names), device)
+    shift = seen_shift_vector(len(names), classes.seen, classes.test_seen_shift)[queried].to(device)
+    text, queried = text.to(device), queried.to(device)
+    counts = IoUAccumulator(len(names), device, ignore_index=ignore_index_for(len(names)))
     skipped = []
     was_training = model.training
     model.eval()
@@ -159,8 +167,11 @@ def evaluate_samples(
                 continue
             label = item["label"].to(device, non_blocking=True)
             image = item["image"].to(device, non_blocking=True)[None]
-            scores = protocol_scores(model, image, text, shift, test, out_size=tuple(label.shape))
-            prediction = scores[0].argmax(0)
+            scores = protocol_scores(model, image, text, shift, test, out_size=tuple(label.shape))[0]
+            prediction = queried[scores.argmax(0)]
+            if classes.background_index is not None:
+                below = best_probability(scores, shift) < test.background_threshold
+                prediction[below] = classes.background_index
             counts.update(prediction, label)
             if on_prediction is not None:
                 on_prediction(item, prediction.cpu())
@@ -170,7 +181,30 @@ def evaluate_samples(
     counts.all_reduce()
     results = counts.results(names, classes.unseen)
     results["skipped"] = [entry for shard in all_gather_objects(skipped) for entry in shard]
+    results["background"] = background_rule(classes, test)
     return results
+
+
+def best_probability(scores: torch.Tensor, shift: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(Q, H, W) scores after the seen-class shift (Q,) -> (H, W) highest class probability before it, computed
+    `chunk` classes at a time (a shifted copy of all scores can take gigabytes)."""
+    best = None
+    for start in range(0, scores.shape[0], chunk):
+        part = (scores[start : start + chunk] + shift[start : start + chunk, None, None]).amax(0)
+        best = part if best is None else torch.maximum(best, part)
+    return best
+
+
+def background_rule(classes: ClassesConfig, test: TestConfig) -> dict[str, Any] | None:
+    """How the background class is predicted, for the results; None without one."""
+    if classes.background_index is None:
+        return None
+    return {
+        "class": classes.background,
+        "threshold": test.background_threshold,
+        "rule": "pixels where no queried class reaches this probability (test.background_threshold: a fixed "
+        "value, not tuned on the evaluated images)",
+    }
 
 
 def _length(samples: Iterable) -> int | None:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..utils import ignore_index_for
 from ..visualize import overlay, palette, present_legend, side_by_side
 
 
@@ -32,6 +33,12 @@ def results_table(results: dict[str, Any]) -> str:
     lines.append("")
     lines += [f"{title:<28}{_number(value):>8}" for title, value in headline]
     lines.append(f"{'images':<28}{results['images']:>8}")
+    if results.get("background"):
+        rule = results["background"]
+        lines.append(
+            f"{rule['class']!r} is predicted where no other class reaches probability {rule['threshold']} "
+            "(test.background_threshold: fixed, not tuned on these images)"
+        )
     if results.get("skipped"):
         lines.append(
             f"WARNING: {len(results['skipped'])} images could not be used and are NOT in these numbers; "
@@ -46,18 +53,20 @@ def prediction_picture(
     """Image, ground truth and prediction side by side, with a legend of the classes in either (unseen marked),
     most frequent first.
 
-    `label` and `prediction` are (H, W) class maps of the image's size; ignored ground-truth pixels show the image.
+    `label` and `prediction` are (H, W) class maps of the image's size; ignored ground-truth pixels (255, or 65535
+    above 255 classes) show the image.
     """
     colors = palette(len(names))
+    ignore = ignore_index_for(len(names))
     picture = Image.fromarray(image)
     marked = [f"{name} (unseen)" if i in unseen else name for i, name in enumerate(names)]
     both = np.concatenate([label.ravel(), prediction.ravel()])
     return side_by_side(
         [
             picture,
-            overlay(picture, label, colors),
-            overlay(picture, prediction, colors),
-            present_legend(both, marked, colors, picture.height),
+            overlay(picture, label, colors, ignore_index=ignore),
+            overlay(picture, prediction, colors, ignore_index=ignore),
+            present_legend(both, marked, colors, picture.height, ignore_index=ignore),
         ],
         ["image", "ground truth", "prediction", "classes"],
     )
