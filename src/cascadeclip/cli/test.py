@@ -1,8 +1,9 @@
 """`cascade-clip test`: the paper's zero-shot evaluation protocol on a dataset split (docs/method.md, Evaluation
-protocol).
+protocol), or on every set of a test suite (`evaluation.suite`).
 
     cascade-clip test voc-inductive --checkpoint voc_inductive.pth --data-root datasets --out results.json
     torchrun --nproc-per-node 4 -m cascadeclip test coco-inductive --checkpoint coco.safetensors
+    cascade-clip test --suite ov coco_inductive.pth --data-root datasets --out ov.json
 
 Under torchrun each process takes every N-th image and the counts are summed, so the numbers equal a
 single-process run's.
@@ -23,20 +24,30 @@ from ..data.datasets import read_image
 from ..engine.distributed import DistInfo, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
+from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table
 from ..factory import load_checkpoint
-from ..utils import atomic_write
+from ..utils import UserError, atomic_write
 
 HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIoU(unseen), hIoU"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="preset name (e.g. voc-inductive, coco-to-voc) or a YAML config file")
+    parser.add_argument(
+        "config",
+        metavar="CONFIG|CHECKPOINT",
+        help="preset name (e.g. voc-inductive, coco-to-voc) or a YAML config file; with --suite, the checkpoint",
+    )
     parser.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. test.mode=whole")
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        required=True,
-        help="our .safetensors, or an authors' .pth (unpickled: trusted files only)",
+        help="our .safetensors, or an authors' .pth (unpickled: trusted files only); required without --suite",
+    )
+    parser.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        help="evaluate the checkpoint on every set of this suite found under the data root (ov: ADE20K-847, "
+        "Pascal Context-459, ADE20K-150, Pascal Context-59/60, Pascal VOC-20/21, Cityscapes) and print one table",
     )
     parser.add_argument(
         "--data-root",
@@ -61,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _picture_writer(show_dir: Path, cfg: Config):
+def _picture_writer(show_dir: Path | None, cfg: Config):
+    if show_dir is None:
+        return None
+
     def write(item: dict[str, Any], prediction: torch.Tensor) -> None:
         image = read_image(Path(item["image_path"]))
         picture = prediction_picture(
@@ -103,12 +117,16 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
         device=info.device,
         skip_bad=args.skip_bad,
         progress=info.is_main,
-        on_prediction=_picture_writer(args.show_dir, cfg) if args.show_dir else None,
+        on_prediction=_picture_writer(args.show_dir, cfg),
     )
     return results | {"embeddings": text_source}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite:
+        return _run_suite(args)
+    if args.checkpoint is None:
+        raise UserError("--checkpoint is required: the weights to evaluate (our .safetensors or an authors' .pth)")
     cfg = resolve_config(args.config, args.overrides)
     info = init_distributed(args.device)
     try:
@@ -132,3 +150,49 @@ def run(args: argparse.Namespace) -> int:
         if args.show_dir:
             print(f"pictures in {args.show_dir}")
     return 1 if results["skipped"] else 0
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        raise UserError(
+            f"with --suite the checkpoint is the argument: cascade-clip test --suite {args.suite} CHECKPOINT "
+            "(drop --checkpoint)"
+        )
+    checkpoint = Path(args.config)
+    info = init_distributed(args.device)
+    try:
+        present, absent = find_suite_sets(args.suite, args.data_root, args.split, args.overrides)
+        model, _, report = load_checkpoint(checkpoint, base=present[0].cfg.model)
+        texts = [class_text(s.cfg, model, args.clip_weights) for s in present]  # every name fails here, or none
+        model.text_encoder = None
+        model.to(info.device)
+        if info.is_main:
+            print(report.summary())
+            print(f"{args.suite} suite: {', '.join(s.name for s in present)}; absent: {len(absent)}")
+        rows = []
+        for suite_set, (text, source) in zip(present, texts, strict=True):
+            if info.is_main:
+                print(f"{suite_set.name}: {len(suite_set.samples)} images, class embeddings: {source}")
+            show_dir = args.show_dir / suite_set.name if args.show_dir else None
+            results = evaluate(
+                model,
+                suite_set.cfg,
+                text,
+                dataset=suite_set.samples,
+                workers=args.workers,
+                device=info.device,
+                skip_bad=args.skip_bad,
+                progress=info.is_main,
+                on_prediction=_picture_writer(show_dir, suite_set.cfg),
+            )
+            rows.append(suite_row(suite_set.name, suite_set.cfg, results, source))
+    finally:
+        cleanup()
+    if info.is_main:
+        print(suite_table(rows, absent))
+        if args.out:
+            record = {"suite": args.suite, "checkpoint": str(checkpoint), "split": args.split, "sets": rows}
+            record["absent"] = absent
+            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            print(f"wrote {args.out}")
+    return 1 if any(row["skipped"] for row in rows) else 0

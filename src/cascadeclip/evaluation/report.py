@@ -11,7 +11,7 @@ from ..utils import ignore_index_for
 from ..visualize import overlay, palette, present_legend, side_by_side
 
 
-def _number(value: float | None) -> str:
+def number_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -20,7 +20,9 @@ def results_table(results: dict[str, Any]) -> str:
     rows = results["per_class"]
     width = max([len("class")] + [len(r["name"]) for r in rows])
     lines = [f"{'class':<{width}}  {'split':<6}  {'IoU':>6}  {'Acc':>6}"]
-    lines += [f"{r['name']:<{width}}  {r['split']:<6}  {_number(r['IoU']):>6}  {_number(r['Acc']):>6}" for r in rows]
+    lines += [
+        f"{r['name']:<{width}}  {r['split']:<6}  {number_text(r['IoU']):>6}  {number_text(r['Acc']):>6}" for r in rows
+    ]
     seen = sum(r["split"] == "seen" for r in rows)
     unseen = len(rows) - seen
     headline = [
@@ -31,20 +33,24 @@ def results_table(results: dict[str, Any]) -> str:
         ("aAcc", results["aAcc"]),
     ]
     lines.append("")
-    lines += [f"{title:<28}{_number(value):>8}" for title, value in headline]
+    lines += [f"{title:<28}{number_text(value):>8}" for title, value in headline]
     lines.append(f"{'images':<28}{results['images']:>8}")
     if results.get("background"):
-        rule = results["background"]
-        lines.append(
-            f"{rule['class']!r} is predicted where no other class reaches probability {rule['threshold']} "
-            "(test.background_threshold: fixed, not tuned on these images)"
-        )
+        lines.append(background_note(results["background"]))
     if results.get("skipped"):
         lines.append(
             f"WARNING: {len(results['skipped'])} images could not be used and are NOT in these numbers; "
             "they are listed under 'skipped' in --out"
         )
     return "\n".join(lines)
+
+
+def background_note(rule: dict[str, Any]) -> str:
+    """How the background class was predicted (`evaluate.background_rule`), in one line."""
+    return (
+        f"{rule['class']!r} is predicted where no other class reaches probability {rule['threshold']} "
+        "(test.background_threshold: fixed, not tuned on these images)"
+    )
 
 
 def prediction_picture(
