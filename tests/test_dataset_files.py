@@ -17,6 +17,7 @@ from cascadeclip.config.dataset_file import BUILTIN_DATASETS, BUILTIN_DIR, Datas
 from cascadeclip.config.presets import get_preset, resolve_config
 from cascadeclip.data.datasets import list_samples, read_label
 from cascadeclip.data.eval_dataset import eval_dataset
+from cascadeclip.engine.trainer import train
 from cascadeclip.utils import UserError
 
 from tiny_datasets import make_ade150, make_ade847, make_cityscapes, make_context, make_pc459, make_voc
@@ -327,3 +328,13 @@ def test_check_data_finds_each_set_of_files_once(tmp_path, capsys):
     assert main(["check-data", "--data-root", str(tmp_path), "--split", "val", "--dataset", "pc459"]) == 1
     out = capsys.readouterr().out
     assert "c1.tif holds values [459] outside 0..458 (and 65535 = ignore)" in out
+
+
+def test_training_rejects_more_than_255_classes_and_a_background_class_before_starting(tmp_path):
+    for preset, message in (
+        ("coco-to-ade847", "847 classes; training reads 8-bit labels"),
+        ("coco-to-voc21", r"classes.background \('background'\) is for evaluation"),
+    ):
+        with pytest.raises(UserError, match=message):
+            train(resolve_config(preset), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
