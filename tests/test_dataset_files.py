@@ -290,8 +290,9 @@ def test_bad_dataset_files_name_the_file_and_the_key(tmp_path, change, message):
     "text, message", [("folder: [unclosed\n", "cannot be read as YAML"), ("- a list\n", "must hold a mapping")]
 )
 def test_unreadable_dataset_files_are_reported(tmp_path, text, message):
-    with pytest.raises(DatasetFileError, match=message):
+    with pytest.raises(DatasetFileError, match=message) as err:
         load_dataset(write_dataset_file(tmp_path, text))
+    assert "\n" not in str(err.value)
 
 
 def test_a_bad_dataset_file_stops_the_commands_before_any_work(tmp_path, capsys):

@@ -132,7 +132,7 @@ def load_dataset(dataset: str | Path | DatasetSpec) -> DatasetSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise DatasetFileError(path, f"cannot be read as YAML ({err})") from None
+        raise DatasetFileError(path, f"cannot be read as YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise DatasetFileError(path, f"must hold a mapping of keys (folder, splits, classes, ...), got {data!r}")
     where = "<dataset>"  # merge's prefix for the keys it names, replaced by the file's name
