@@ -69,6 +69,8 @@ def test_suite_errors_before_any_evaluation(tmp_path, checkpoint, capsys):
     assert main(suite) == 2
     err = capsys.readouterr().err
     assert "no set of the ov suite found under" in err and "ADEChallengeData2016/annotations/validation" in err
+    assert main([*suite, "--split", "train"]) == 2
+    assert "ade847: no train split" in capsys.readouterr().err
     make_voc(root, {"val": ["v1"]})
     assert main([*suite, "--checkpoint", str(checkpoint)]) == 2
     assert "with --suite the checkpoint is the argument" in capsys.readouterr().err

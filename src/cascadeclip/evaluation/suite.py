@@ -45,6 +45,9 @@ def find_suite_sets(
         cfg = resolve_config(f"coco-to-{name}", overrides)
         root = data_root or cfg.data.root or None
         dataset = load_dataset(cfg.classes.dataset)
+        if split not in dataset.splits:
+            absent.append({"set": name, "reason": f"no {split} split"})
+            continue
         folder = dataset_folder(dataset, root)
         missing = [source.labels for source in dataset.sources(split) if not (folder / source.labels).is_dir()]
         if missing:
