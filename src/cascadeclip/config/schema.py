@@ -284,6 +284,9 @@ class TrainConfig:
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: int = 512
     cat_max_ratio: float = 0.75  # crops where one class covers this share of labelled pixels are redrawn
+    # False skips the photometric step: for data whose classes are named by the very hue, saturation or contrast
+    # that it alters (the miniature world's coloured, patterned shapes).
+    photometric_distortion: bool = True
     # "clip": start from the OpenAI CLIP file `clip_weights`; "random": random weights (smoke tests only);
     # otherwise the path of a Cascade-CLIP checkpoint whose weights (only) are loaded, as the transductive runs
     # start from the inductive run at half its schedule.

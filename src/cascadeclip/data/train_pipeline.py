@@ -2,7 +2,8 @@
 pipeline).
 
 Pipeline per sample: random rescale -> random crop with the category-ratio rule -> horizontal flip -> photometric
-distortion -> ImageNet normalisation -> pad to the crop size (image 0, label 255).
+distortion (unless `train.photometric_distortion` is false) -> ImageNet normalisation -> pad to the crop size (image
+0, label 255).
 
 Determinism: the stream is a sequence of positions 0, 1, 2, ...; position p reads the image at index
 perm_e[p mod n] of epoch e = p // n, and augments it with a generator seeded by (seed, p). A sample therefore depends
@@ -101,7 +102,8 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: TrainConfig, rng: np.rand
     img, lab = random_crop(img, lab, cfg.crop_size, cfg.cat_max_ratio, rng)
     if rng.random() < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
-    img = torch.from_numpy(photometric_distortion(img.permute(1, 2, 0).numpy(), rng)).permute(2, 0, 1)
+    if cfg.photometric_distortion:
+        img = torch.from_numpy(photometric_distortion(img.permute(1, 2, 0).numpy(), rng)).permute(2, 0, 1)
     img = normalize(img.float())
     pad_bottom, pad_right = cfg.crop_size - img.shape[1], cfg.crop_size - img.shape[2]
     if pad_bottom or pad_right:
