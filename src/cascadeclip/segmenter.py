@@ -18,6 +18,7 @@ model says "none of these".
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from PIL import Image
 
 from .config import ModelConfig, TextEncoderConfig
 from .data.images import load_image
-from .data.transforms import test_image_tensor
+from .data.transforms import short_side_size, test_image_tensor
+from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
 from .inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
 from .inference.predict import predict_scores
@@ -42,6 +44,12 @@ from .visualize import BACKGROUND_LABEL
 
 MAX_CLASSES = 255  # label PNGs hold one byte per pixel, and 255 is background
 BACKGROUND_NAME = "background"
+# CLIP reads 77 tokens, template included: a longer name would be cut short without a word (and two long names that
+# start alike would get one embedding). 200 characters are some 40 words, well inside.
+MAX_NAME_LENGTH = 200
+# Pixels of the image at inference resolution: the scores of every class are held at that size, so a 20000x5 strip,
+# whose short side becomes 512, would need hundreds of GB. 2^24 is 512 x 32768 (a 64:1 panorama).
+MAX_WORKING_PIXELS = 1 << 24
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -66,6 +74,14 @@ def check_class_names(names: list[str] | tuple[str, ...]) -> list[str]:
             f"class name number {', '.join(map(str, empty))} of {len(names)} is empty "
             "(two commas in a row, or a comma at the end?)"
         )
+    for i, name in enumerate(names):
+        if len(name) > MAX_NAME_LENGTH:
+            raise UserError(
+                f"class name number {i + 1} is {len(name)} characters long; CLIP reads only about 60 words "
+                f"(at most {MAX_NAME_LENGTH} characters are accepted): shorten it"
+            )
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise UserError(f"class name number {i + 1} ({name!r}) holds a control character (tab, newline, ...)")
     seen: dict[str, str] = {}
     for name in names:
         if name.casefold() in seen:
@@ -124,12 +140,17 @@ class Segmenter:
     ):
         if mode not in ("slide", "whole"):
             raise UserError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+        for name, value in (("short_side", short_side), ("crop", crop), ("stride", stride)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if window_batch < 1:
+            raise UserError(f"window_batch must be at least 1, got {window_batch}")
         if text_encoder.cfg.output_dim != model.cfg.head.dim:
             raise CheckpointError(
                 f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
                 f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs"
             )
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = check_device(device, "device") or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
         self.model = use_fast_path(model.eval().to(self.device))
         if bf16:
@@ -140,6 +161,8 @@ class Segmenter:
         self.crop = crop or model.cfg.image_encoder.image_size
         self.short_side = short_side or self.crop
         self.stride = stride or max(1, round(self.crop * 426 / 512))
+        if self.stride > self.crop:
+            raise UserError(f"stride {self.stride} is larger than the window ({self.crop}): pixels would be skipped")
         self.window_batch = window_batch
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(
@@ -197,8 +220,20 @@ class Segmenter:
         if background is not None and not 0 < background < 1:
             raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
         rgb = load_image(image)
+        height, width = short_side_size(rgb.height, rgb.width, self.short_side)
+        if height * width > MAX_WORKING_PIXELS:
+            raise UserError(
+                f"the image ({rgb.width}x{rgb.height}) would be {width}x{height} at inference (short side "
+                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
+                "smaller short side"
+            )
         text = self.class_embeddings(names).to(self.device)
         working = self._working_scores(rgb, text)
+        if not torch.isfinite(working).all():
+            raise UserError(
+                "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
+                "are damaged. Check the weights file (or its text tower) and the embedding cache"
+            )
         return _summarize(working, (rgb.height, rgb.width), names, background, scores, scores_dtype)
 
     def __call__(
