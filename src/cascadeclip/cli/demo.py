@@ -14,9 +14,12 @@ from pathlib import Path
 
 import torch
 
+from ..engine.distributed import check_device
+from ..outputs import check_output_folder
 from ..utils import CACHE_ENV
 from ..world.protocol import WorldRecipe, run_protocol
 from ..world.report import HEADLINE, headline, percent, write_report
+from .options import non_negative_int, positive_int
 
 HELP = "pretrain a tiny CLIP and run the zero-shot protocol in a miniature world (CPU, minutes); writes a report"
 
@@ -29,17 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("outputs/demo"),
         help="report folder (default: %(default)s); its runs/ subfolder is rewritten",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="world, pretraining and training seed")
-    parser.add_argument("--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/cascadeclip)")
-    parser.add_argument("--iters", type=int, default=defaults.iters, help="inductive iterations (default: %(default)s)")
     parser.add_argument(
-        "--clip-steps", type=int, default=defaults.clip_steps, help="tiny CLIP pretraining steps (default: %(default)s)"
+        "--seed", type=non_negative_int, default=defaults.seed, help="world, pretraining and training seed"
     )
-    parser.add_argument("--train-images", type=int, default=defaults.train_images, help="default: %(default)s")
-    parser.add_argument("--val-images", type=int, default=defaults.val_images, help="default: %(default)s")
+    parser.add_argument("--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/cascadeclip)")
+    parser.add_argument(
+        "--iters", type=positive_int, default=defaults.iters, help="inductive iterations (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--clip-steps",
+        type=positive_int,
+        default=defaults.clip_steps,
+        help="tiny CLIP pretraining steps (default: %(default)s)",
+    )
+    parser.add_argument("--train-images", type=positive_int, default=defaults.train_images, help="default: %(default)s")
+    parser.add_argument("--val-images", type=positive_int, default=defaults.val_images, help="default: %(default)s")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="CPU threads for torch (default: %(default)s; the models are tiny, and a single thread "
         "never stalls waiting for a busy core)",
@@ -58,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    check_output_folder(args.out, "--out")
+    if args.cache is not None:
+        check_output_folder(args.cache, "--cache")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -21,12 +21,15 @@ import torch
 from ..config import Config, to_dict
 from ..config.presets import resolve_config
 from ..data.datasets import read_image
-from ..engine.distributed import DistInfo, cleanup, init_distributed
+from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table
 from ..factory import load_checkpoint
+from ..manifest import Manifest
+from ..outputs import check_output_file, check_output_folder
 from ..utils import UserError, atomic_write
+from .options import non_negative_int
 
 HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIoU(unseen), hIoU"
 
@@ -63,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenAI ViT-B-16.pt: its text tower embeds the class names when no .npy is found",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -88,10 +91,15 @@ def _picture_writer(show_dir: Path | None, cfg: Config):
 
 def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str, Any]:
     dataset = evaluation_share(cfg, args.data_root, args.split)  # a missing root or split file fails before the load
+    if args.show_dir:  # a file of the user's named like a picture stops the run here, instead of being overwritten
+        pictures = [args.show_dir / f"{sample.name}.png" for sample in dataset.samples]
+        Manifest(args.show_dir).refuse_foreign(pictures, "--show-dir")
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
     text, text_source = class_text(cfg, model, args.clip_weights)
     model.text_encoder = None  # not needed any more; frees its memory
     model.to(info.device)
+    if args.show_dir:
+        Manifest(args.show_dir).claim(pictures, "--show-dir")
     if info.is_main:
         print(report.summary())
         print(f"class embeddings: {text_source}")
@@ -128,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("--checkpoint is required: the weights to evaluate (our .safetensors or an authors' .pth)")
     cfg = resolve_config(args.config, args.overrides)
+    check_device(args.device)
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.show_dir:
+        check_output_folder(args.show_dir, "--show-dir")
     info = init_distributed(args.device)
     try:
         results = _evaluate(args, cfg, info)
@@ -145,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 "test": to_dict(cfg.test),
                 **results,
             }
-            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+            atomic_write(args.out, lambda tmp: tmp.write_text(text))
             print(f"wrote {args.out}")
         if args.show_dir:
             print(f"pictures in {args.show_dir}")
