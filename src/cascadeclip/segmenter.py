@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .config import ModelConfig, TextEncoderConfig
@@ -265,22 +264,16 @@ class Segmenter:
     def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
         """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
         tensor = test_image_tensor(image, self.short_side).to(self.device)
-        height, width = tensor.shape[-2:]
         with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
-            if self.mode == "whole":  # pad (with the mean colour, 0 after normalising) to whole patches, then crop
-                patch = self.model.cfg.image_encoder.patch_size
-                tensor = F.pad(tensor, (0, -width % patch, 0, -height % patch))
-                scores = predict_scores(self.model, tensor, text, mode="whole")[..., :height, :width]
-            else:
-                scores = predict_scores(
-                    self.model,
-                    tensor,
-                    text,
-                    mode="slide",
-                    crop=self.crop,
-                    stride=self.stride,
-                    window_batch=self.window_batch,
-                )
+            scores = predict_scores(
+                self.model,
+                tensor,
+                text,
+                mode=self.mode,
+                crop=self.crop,
+                stride=self.stride,
+                window_batch=self.window_batch,
+            )
         return scores[0].float()
 
 

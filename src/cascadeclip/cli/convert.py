@@ -56,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if args.source.suffix != ".pth" and _convert_clip(args):
         return 0
     state, meta = read_authors_checkpoint(args.source)
+    guesses = guess_authors_config(state, meta)
     if args.preset:
+        if guesses and args.preset not in guesses:
+            raise UserError(
+                f"{args.source} does not look like {args.preset}: its prompt tokens and loss weights fit "
+                f"{', '.join(guesses)}. Give one of those to --preset, or leave --preset out"
+            )
         preset = get_preset(args.preset)
     else:
-        guesses = guess_authors_config(state, meta)
         preset = get_preset(guesses[0]) if len(guesses) == 1 else None
         if preset is None:
             print(

@@ -18,15 +18,16 @@ from typing import Any
 
 import torch
 
-from ..config import Config, to_dict
-from ..config.presets import resolve_config
+from ..config import ClassesConfig, Config, to_dict
+from ..config.presets import PRESETS, resolve_config, starting_point
 from ..data.datasets import read_image
 from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table
-from ..factory import load_checkpoint
+from ..factory import LoadReport, architecture_differences, check_architecture, load_checkpoint
 from ..manifest import Manifest
+from ..modeling.cascade_clip import CascadeCLIP
 from ..outputs import check_output_file, check_output_folder
 from ..utils import UserError, atomic_write
 from .options import non_negative_int
@@ -95,6 +96,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
         pictures = [args.show_dir / f"{sample.name}.png" for sample in dataset.samples]
         Manifest(args.show_dir).refuse_foreign(pictures, "--show-dir")
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
+    trained_for = _check_checkpoint_fits(args, cfg, model, stored_classes, report)
     text, text_source = class_text(cfg, model, args.clip_weights)
     model.text_encoder = None  # not needed any more; frees its memory
     model.to(info.device)
@@ -110,6 +112,11 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
             print(
                 f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
                 f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}"
+            )
+        elif trained_for and cfg.classes.dataset not in trained_for:
+            print(
+                f"note: the checkpoint looks trained for {' or '.join(report.looks_like)}; evaluating "
+                f"{cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}"
             )
         share = f" over {info.world_size} processes" if info.world_size > 1 else ""
         print(
@@ -128,6 +135,28 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
         on_prediction=_picture_writer(args.show_dir, cfg),
     )
     return results | {"embeddings": text_source}
+
+
+def _check_checkpoint_fits(
+    args: argparse.Namespace, cfg: Config, model: CascadeCLIP, stored: ClassesConfig | None, report: LoadReport
+) -> set[str]:
+    """The dataset(s) the checkpoint may have been trained on (stored with it, or told by an authors' file's
+    shapes); UserError when it cannot be what the configuration evaluates.
+
+    What the user changed in the model configuration must be what the file holds (e.g. tap_blocks, heads: tensor
+    shapes do not show them); the rest comes from the file. A zero-shot configuration (one with unseen classes)
+    evaluates a model trained on its own dataset; cross-dataset evaluation has presets without unseen classes.
+    """
+    edited = architecture_differences(cfg.model, starting_point(args.config).model)
+    check_architecture(model, cfg.model, str(args.checkpoint), edited)
+    trained_for = {stored.dataset} if stored else {PRESETS[name].classes.dataset for name in report.looks_like}
+    if len(trained_for) == 1 and cfg.classes.dataset not in trained_for and cfg.classes.unseen:
+        raise UserError(
+            f"{args.checkpoint} was trained on {next(iter(trained_for))}, but {cfg.name} scores the zero-shot split "
+            f"of {cfg.classes.dataset}: give a checkpoint trained on {cfg.classes.dataset}, or the configuration it "
+            "was trained with (cross-dataset evaluation has its own presets, e.g. coco-to-voc)"
+        )
+    return trained_for
 
 
 def run(args: argparse.Namespace) -> int:
