@@ -38,6 +38,8 @@ def check_output_file(path: str | Path, what: str) -> Path:
     _check_names(path, what)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the name of a file to write")
+    if path.exists() and not path.is_file():  # the rename of a new file would replace the device or pipe itself
+        raise UserError(f"{what} {path} is not a regular file (a device, a pipe?); give the name of a file to write")
     if path.is_symlink() and not path.exists():
         raise UserError(
             f"{what} {path} is a symbolic link that leads nowhere (or to itself); remove it or give another"
