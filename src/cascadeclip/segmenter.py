@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import ModelConfig, TextEncoderConfig
+from .config import ModelConfig, TestConfig, TextEncoderConfig, validate
 from .data.images import load_image
 from .data.transforms import short_side_size, test_image_tensor
 from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
 from .inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
-from .inference.predict import predict_scores
+from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.text_encoder import TextEncoder
@@ -119,6 +119,8 @@ class Segmenter:
         mode: "slide" (512 windows, stride 426, as the authors evaluate) or "whole" (one forward per image).
         short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
         crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
+        window_batch: sliding windows run together. These five are checked as a `TestConfig` is (UserError: e.g. a
+            stride larger than the window, or a short side smaller than the window in slide mode).
         bf16: run the image encoder in bfloat16, its weights converted in place (the head stays in fp32).
         cache_dir: folder of the text-embedding cache (default: see `utils.cache_dir`).
     """
@@ -137,13 +139,19 @@ class Segmenter:
         bf16: bool = False,
         cache_dir: str | Path | None = None,
     ):
-        if mode not in ("slide", "whole"):
-            raise UserError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
-        for name, value in (("short_side", short_side), ("crop", crop), ("stride", stride)):
-            if value is not None and value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
-        if window_batch < 1:
-            raise UserError(f"window_batch must be at least 1, got {window_batch}")
+        crop = model.cfg.image_encoder.image_size if crop is None else crop
+        # The inference settings as a test protocol, so that they are checked by the configuration's rules.
+        self.protocol = validate(
+            TestConfig(
+                mode=mode,
+                short_side=crop if short_side is None else short_side,
+                crop_size=crop,
+                stride=max(1, round(crop * 426 / 512)) if stride is None else stride,
+                window_batch=window_batch,
+            )
+        )
+        if crop % model.cfg.image_encoder.patch_size:
+            raise UserError(f"crop {crop} must be a multiple of the patch size {model.cfg.image_encoder.patch_size}")
         if text_encoder.cfg.output_dim != model.cfg.head.dim:
             raise CheckpointError(
                 f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
@@ -156,13 +164,7 @@ class Segmenter:
             encoder_in_bf16(self.model)
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
-        self.mode = mode
-        self.crop = crop or model.cfg.image_encoder.image_size
-        self.short_side = short_side or self.crop
-        self.stride = stride or max(1, round(self.crop * 426 / 512))
-        if self.stride > self.crop:
-            raise UserError(f"stride {self.stride} is larger than the window ({self.crop}): pixels would be skipped")
-        self.window_batch = window_batch
+        self.mode, self.short_side = mode, self.protocol.short_side
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(
             self.text_encoder, templates_for(templates), Path(cache_dir) if cache_dir else default_cache_dir()
@@ -265,15 +267,7 @@ class Segmenter:
         """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
         tensor = test_image_tensor(image, self.short_side).to(self.device)
         with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
-            scores = predict_scores(
-                self.model,
-                tensor,
-                text,
-                mode=self.mode,
-                crop=self.crop,
-                stride=self.stride,
-                window_batch=self.window_batch,
-            )
+            scores = protocol_scores(self.model, tensor, text, None, self.protocol)
         return scores[0].float()
 
 
