@@ -154,6 +154,8 @@ def find_images(inputs: list[str]) -> list[Path]:
             found.append(path)
         elif path.exists():
             raise UserError(f"input {path} is not a regular file (a pipe, a device?); give image files or folders")
+        elif path.is_symlink():
+            raise UserError(f"input {path} is a symbolic link that leads nowhere (or to itself)")
         elif any(c in item for c in "*?["):
             images = images_among([Path(p) for p in glob.glob(str(path), recursive=True)], item)
             if not images:
