@@ -102,3 +102,12 @@ def test_a_strip_too_long_to_score_is_refused_and_a_single_pixel_works(tiny_chec
     with pytest.raises(UserError, match="too large to hold the scores"):
         segmenter.predict(np.zeros((2, 20000, 3), dtype=np.uint8), ["a", "b"])  # 64 x 640000 at inference
     assert segmenter.predict(np.zeros((1, 1, 3), dtype=np.uint8), ["a", "b"]).labels.shape == (1, 1)
+
+
+def test_an_overlay_of_a_very_thin_strip():
+    from cascadeclip.visualize import palette, segmentation_overlay
+
+    labels = np.zeros((5, 2000), dtype=np.uint8)
+    labels[:, 1000:] = 1
+    picture, _ = segmentation_overlay(Image.new("RGB", (2000, 5)), labels, ["a", "b"], palette(2), None)
+    assert picture.width == 2000 and picture.height > 5  # the strip above its legend
