@@ -576,6 +576,8 @@ def load_segmentation_weights(
     Raises UserError naming the missing or unsuitable file, with where to get the right one.
     """
     checkpoint = Path(checkpoint).expanduser()
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a folder; give the weights file inside it")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
     if clip_weights is not None and not Path(clip_weights).expanduser().is_file():
