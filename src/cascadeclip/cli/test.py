@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ..config import ClassesConfig, Config, to_dict
-from ..config.presets import PRESETS, resolve_config, starting_point
+from ..config.presets import PRESETS, get_preset, resolve_config, starting_point
 from ..data.datasets import read_image
+from ..data.eval_dataset import EvalDataset
 from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
@@ -90,18 +91,39 @@ def _picture_writer(show_dir: Path | None, cfg: Config):
     return write
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """UserError, before any work, when the device or an output location (--out, --show-dir) is unusable."""
+    check_device(args.device)
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.show_dir:
+        check_output_folder(args.show_dir, "--show-dir")
+
+
+def _refuse_foreign_pictures(show_dir: Path | None, dataset: EvalDataset) -> list[Path]:
+    """The pictures `dataset` will write into `show_dir`; UserError when a file of the user's has one of their
+    names (it would be overwritten), checked before the model is loaded."""
+    if show_dir is None:
+        return []
+    pictures = [show_dir / f"{sample.name}.png" for sample in dataset.samples]
+    Manifest(show_dir).refuse_foreign(pictures, "--show-dir")
+    return pictures
+
+
+def _claim_pictures(show_dir: Path | None, pictures: list[Path]) -> None:
+    if show_dir is not None:
+        Manifest(show_dir).claim(pictures, "--show-dir")
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str, Any]:
     dataset = evaluation_share(cfg, args.data_root, args.split)  # a missing root or split file fails before the load
-    if args.show_dir:  # a file of the user's named like a picture stops the run here, instead of being overwritten
-        pictures = [args.show_dir / f"{sample.name}.png" for sample in dataset.samples]
-        Manifest(args.show_dir).refuse_foreign(pictures, "--show-dir")
+    pictures = _refuse_foreign_pictures(args.show_dir, dataset)
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
     trained_for = _check_checkpoint_fits(args, cfg, model, stored_classes, report)
     text, text_source = class_text(cfg, model, args.clip_weights)
     model.text_encoder = None  # not needed any more; frees its memory
     model.to(info.device)
-    if args.show_dir:
-        Manifest(args.show_dir).claim(pictures, "--show-dir")
+    _claim_pictures(args.show_dir, pictures)
     if info.is_main:
         print(report.summary())
         print(f"class embeddings: {text_source}")
@@ -165,11 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("--checkpoint is required: the weights to evaluate (our .safetensors or an authors' .pth)")
     cfg = resolve_config(args.config, args.overrides)
-    check_device(args.device)
-    if args.out:
-        check_output_file(args.out, "--out")
-    if args.show_dir:
-        check_output_folder(args.show_dir, "--show-dir")
+    _check_outputs(args)
     info = init_distributed(args.device)
     try:
         results = _evaluate(args, cfg, info)
@@ -202,21 +220,32 @@ def _run_suite(args: argparse.Namespace) -> int:
             "(drop --checkpoint)"
         )
     checkpoint = Path(args.config)
+    _check_outputs(args)
     info = init_distributed(args.device)
     try:
         present, absent = find_suite_sets(args.suite, args.data_root, args.split, args.overrides)
-        model, _, report = load_checkpoint(checkpoint, base=present[0].cfg.model)
+        show_dirs = [args.show_dir / s.name if args.show_dir else None for s in present]
+        for show_dir in filter(None, show_dirs):  # a file of the user's named like a set's folder
+            check_output_folder(show_dir, "--show-dir")
+        pictures = [_refuse_foreign_pictures(d, s.samples) for d, s in zip(show_dirs, present, strict=True)]
+        first = present[0].cfg  # every set of a suite has the same model configuration
+        model, _, report = load_checkpoint(checkpoint, base=first.model)
+        # Model edits given as overrides must be what the file holds (tensor shapes do not show e.g. tap_blocks).
+        check_architecture(
+            model, first.model, str(checkpoint), architecture_differences(first.model, get_preset(first.name).model)
+        )
         texts = [class_text(s.cfg, model, args.clip_weights) for s in present]  # every name fails here, or none
         model.text_encoder = None
         model.to(info.device)
+        for show_dir, names in zip(show_dirs, pictures, strict=True):
+            _claim_pictures(show_dir, names)
         if info.is_main:
             print(report.summary())
             print(f"{args.suite} suite: {', '.join(s.name for s in present)}; absent: {len(absent)}")
         rows = []
-        for suite_set, (text, source) in zip(present, texts, strict=True):
+        for suite_set, (text, source), show_dir in zip(present, texts, show_dirs, strict=True):
             if info.is_main:
                 print(f"{suite_set.name}: {len(suite_set.samples)} images, class embeddings: {source}")
-            show_dir = args.show_dir / suite_set.name if args.show_dir else None
             results = evaluate(
                 model,
                 suite_set.cfg,
@@ -236,6 +265,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         if args.out:
             record = {"suite": args.suite, "checkpoint": str(checkpoint), "split": args.split, "sets": rows}
             record["absent"] = absent
-            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+            atomic_write(args.out, lambda tmp: tmp.write_text(text))
             print(f"wrote {args.out}")
     return 1 if any(row["skipped"] for row in rows) else 0
