@@ -34,10 +34,10 @@ from hostile import cli, refused
         ("model.head.heads=3", "model.head: heads (3) must divide dim (512)"),
         ("model.image_encoder.tap_blocks=[7,3]", "tap_blocks (7, 3) must be increasing block indices"),
         ("model.image_encoder.prompt_dropout=1.5", "model.image_encoder.prompt_dropout must be in [0.0, 1.0)"),
-        ("classes.unseen=[100]", "unseen [100] are not indices of the 20 class names"),
-        ("classes.unseen=[3,3]", "unseen [3, 3] repeats an index"),
+        ("classes.unseen=[100]", "classes.unseen: [100] must be distinct class indices in 0..19"),
+        ("classes.unseen=[3,3]", "classes.unseen: [3, 3] must be distinct class indices in 0..19"),
         ("classes.setting=semi", "classes.setting must be one of inductive, transductive"),
-        ("classes.templates=many", "classes.templates must be one of single, multi"),
+        ("classes.templates=many", "classes.templates: expected single, multi or a list of templates"),
     ],
 )
 def test_configuration_values_out_of_range_are_refused_with_their_key(override, message, tmp_path, capsys):
