@@ -41,11 +41,9 @@ from PIL import Image
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.transforms import test_image_tensor
 from cascadeclip.inference.fast_path import (
-    encoder_in_bf16,
     fast_cpu_kernels,
     fast_inference,
     keep_freed_memory,
-    use_fast_path,
 )
 from cascadeclip.modeling.cascade_clip import CascadeCLIP, upsample
 from cascadeclip.modeling.image_encoder import prompted_block
@@ -173,11 +171,11 @@ def main() -> None:
     flops = {"bare ViT-B/16": count_flops(vit, images)}
     with torch.no_grad():  # the same function, our block code
         torch.testing.assert_close(bare_vit_forward(vit, images), vit(images), atol=1e-4, rtol=1e-4)
-    flops["Cascade-CLIP reference"] = count_flops(use_fast_path(model, False), images, text)
-    flops["Cascade-CLIP fast"] = count_flops(use_fast_path(model, True), images, text)
+    flops["Cascade-CLIP reference"] = count_flops(model.set_fast_path(False), images, text)
+    flops["Cascade-CLIP fast"] = count_flops(model.set_fast_path(True), images, text)
 
-    reference = use_fast_path(copy.deepcopy(model), False)
-    model16, vit16 = encoder_in_bf16(copy.deepcopy(model)), copy.deepcopy(vit).to(torch.bfloat16)
+    reference = copy.deepcopy(model).set_fast_path(False)
+    model16, vit16 = copy.deepcopy(model).store_encoder_in_bf16(), copy.deepcopy(vit).to(torch.bfloat16)
     bare, fast = "bare ViT-B/16", "Cascade-CLIP fast"
     calls = {  # row: (FLOPs of, forward, precision of the fast-path context or None for plain PyTorch)
         "(a) bare ViT-B/16, fp32": (bare, lambda: bare_vit_forward(vit, images), "fp32"),

@@ -18,7 +18,7 @@ from cascadeclip.cli.main import main
 from cascadeclip.inference import fast_path
 from cascadeclip.inference.fast_path import _attention as attention
 from cascadeclip.inference.fast_path import _onednn_linear as onednn_linear
-from cascadeclip.inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
+from cascadeclip.inference.fast_path import fast_inference
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 
@@ -45,7 +45,7 @@ def test_fast_path_logits_equal_the_reference(size):
     with torch.no_grad():
         reference = model(images, text)
     with fast_inference("cpu", "fp32"):
-        fast = use_fast_path(model)(images, text)
+        fast = model.set_fast_path(True)(images, text)
     assert model.backbone.prompts_as_keys
     torch.testing.assert_close(fast, reference, atol=FAST_PATH_ATOL, rtol=0)
     assert reference.abs().max() > 100 * FAST_PATH_ATOL  # the comparison is not between near-zero outputs
@@ -53,12 +53,12 @@ def test_fast_path_logits_equal_the_reference(size):
 
 @pytest.mark.parametrize("stored", [False, True], ids=["autocast", "encoder stored in bf16"])
 def test_fast_path_in_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32(stored):
-    model = use_fast_path(tiny_model())
+    model = tiny_model().set_fast_path(True)
     images, text = torch.randn(2, 3, 64, 64), text_embeddings(5)
     with fast_inference("cpu", "fp32"):
         fp32 = model(images, text)
     if stored:
-        encoder_in_bf16(model)
+        model.store_encoder_in_bf16()
         assert {p.dtype for p in model.backbone.parameters()} == {torch.bfloat16}
         assert {p.dtype for p in model.decode_head.parameters()} == {torch.float32}
     dtypes = {}
@@ -96,7 +96,7 @@ def test_fast_path_slide_scores_equal_the_reference():
     args = dict(crop=64, stride=48, window_batch=2, out_size=(75, 105))
     reference = predict_scores(model, image, text, shift, **args)
     with fast_inference("cpu", "fp32"):
-        fast = predict_scores(use_fast_path(model), image, text, shift, **args)
+        fast = predict_scores(model.set_fast_path(True), image, text, shift, **args)
     assert fast.is_contiguous(memory_format=torch.channels_last)  # the fast path's layout reached the output
     torch.testing.assert_close(fast, reference, atol=FAST_PATH_ATOL, rtol=0)
     assert torch.equal(fast.argmax(dim=1), reference.argmax(dim=1))

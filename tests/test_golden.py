@@ -19,7 +19,7 @@ import torch
 
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
 from cascadeclip.factory import load_state, read_authors_checkpoint
-from cascadeclip.inference.fast_path import fast_inference, use_fast_path
+from cascadeclip.inference.fast_path import fast_inference
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses
@@ -95,7 +95,7 @@ def test_golden_masks_and_scores(golden):
 def test_golden_fast_path(golden):
     """The fast inference path (prompts as keys only, oneDNN linears) computes the authors' mask logits too."""
     _, model, _, io, text = golden
-    model = use_fast_path(copy.deepcopy(model))
+    model = copy.deepcopy(model).set_fast_path(True)
     with fast_inference("cpu", "fp32"):
         logits = model(io["images"], text)
     torch.testing.assert_close(logits, io["pred_masks"], atol=OUTPUT_ATOL, rtol=0)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from cascadeclip.cli.main import main
-from cascadeclip.inference.fast_path import use_fast_path
 from cascadeclip.profiling.flops import count_flops
 
 from test_fast_path import text_embeddings, tiny_model
@@ -48,7 +47,7 @@ def hand_count_multiply_adds(cfg, num_classes: int, prompts_as_keys: bool) -> in
 
 @pytest.mark.parametrize("prompts_as_keys", [False, True], ids=["reference", "fast"])
 def test_flop_counter_equals_hand_count(prompts_as_keys):
-    model = use_fast_path(tiny_model(prompt_tokens=3), prompts_as_keys)
+    model = tiny_model(prompt_tokens=3).set_fast_path(prompts_as_keys)
     images, text = torch.randn(1, 3, 64, 64), text_embeddings(7)
     expected = 2 * hand_count_multiply_adds(model.cfg, num_classes=7, prompts_as_keys=prompts_as_keys)
     assert count_flops(model, images, text) == expected

@@ -32,7 +32,7 @@ from .data.images import load_image
 from .data.transforms import short_side_size, test_image_tensor
 from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
-from .inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
+from .inference.fast_path import fast_inference
 from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
 from .modeling.cascade_clip import CascadeCLIP
@@ -112,7 +112,7 @@ class Segmenter:
 
     Args:
         model: the segmentation model (it runs on given class embeddings; its own text tower is not called); it is
-            switched in place to the fast computation of the same function (`inference.fast_path.use_fast_path`).
+            switched in place to the fast computation of the same function (`CascadeCLIP.set_fast_path`).
         text_encoder: the CLIP text tower that embeds class names.
         device: where to run; default CUDA when available, else CPU.
         templates: "multi" (15-template ensemble, default) or "single" ("a photo of a {}").
@@ -159,9 +159,9 @@ class Segmenter:
             )
         self.device = check_device(device, "device") or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
-        self.model = use_fast_path(model.eval().to(self.device))
+        self.model = model.eval().to(self.device).set_fast_path(True)
         if bf16:
-            encoder_in_bf16(self.model)
+            self.model.store_encoder_in_bf16()
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
         self.mode, self.short_side = mode, self.protocol.short_side

@@ -27,7 +27,7 @@ import torch
 
 from ..config import Config, TextEncoderConfig
 from ..config.presets import resolve_config
-from ..inference.fast_path import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
+from ..inference.fast_path import PRECISIONS, fast_inference
 from ..modeling.cascade_clip import CascadeCLIP
 from ..outputs import check_output_file
 from ..profiling.flops import count_flops
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "flops": flops_report(model, text, size),
         "runs": [],
     }
-    use_fast_path(model, not args.reference)
+    model.set_fast_path(not args.reference)
     for device in devices:
         for precision in args.precision:
             if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -145,9 +145,9 @@ def flops_report(model: CascadeCLIP, text: torch.Tensor, size: int) -> dict:
     images = torch.randn(1, 3, size, size)
     report = {"image_size": size, "classes": len(text)}
     for path, fast in (("reference", False), ("fast", True)):
-        flops = count_flops(use_fast_path(model, fast), images, text)
+        flops = count_flops(model.set_fast_path(fast), images, text)
         report[path] = {"fvcore": flops // 2, "pytorch": flops}  # fvcore: 1 per multiply-add; PyTorch: 2
-    use_fast_path(model, False)
+    model.set_fast_path(False)
     return report
 
 
@@ -181,7 +181,7 @@ def measure(
 ) -> dict:
     """Latency and peak memory of one whole-image forward, and FPS under the paper's protocol."""
     if precision == "bf16" and not args.reference:  # a copy: the next runs need the fp32 weights
-        model = encoder_in_bf16(copy.deepcopy(model))
+        model = copy.deepcopy(model).store_encoder_in_bf16()
     model.to(device)
     text = text.to(device)
     forward_model = torch.compile(model) if args.compile else model

@@ -1,11 +1,7 @@
-"""The fast inference path: the same function as the reference computation, with less work and faster kernels.
+"""The runtime of fast inference: faster kernels, memory reuse and autocast around a model's forward.
 
-- `use_fast_path(model)`: the image encoder's prompts enter each block as keys and values only
-  (`ImageEncoder.prompts_as_keys`); the head and the upsampling stay in fp32 under bf16 autocast, and the mask
-  logits are upsampled in channels-last layout (`CascadeCLIP.fast_path`). The head already skips what its output
-  does not use (the last decoder layer's value path and FFN; the query self-attention is not built), and attention
-  is PyTorch's scaled-dot-product attention.
-- `encoder_in_bf16(model)`: for bf16 inference, the image encoder's weights stored in bf16 (in place).
+The model owns the computation (`CascadeCLIP.set_fast_path`: the same function with less work;
+`CascadeCLIP.store_encoder_in_bf16` for bf16 inference); this module owns the context it runs in:
 - `fast_inference(device, precision)`: autograd off; on the CPU, fp32 linear layers through oneDNN and attention by
   matrix products (`fast_cpu_kernels`), and freed memory kept for reuse (`keep_freed_memory`); bf16 autocast for
   precision "bf16", on the CPU or CUDA.
@@ -26,27 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..modeling.cascade_clip import CascadeCLIP
-
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def use_fast_path(model: CascadeCLIP, enabled: bool = True) -> CascadeCLIP:
-    """Switch `model` (in place) to the fast computation, or back to the reference's; returns it."""
-    model.backbone.prompts_as_keys = enabled
-    model.fast_path = enabled
-    return model
-
-
-def encoder_in_bf16(model: CascadeCLIP) -> CascadeCLIP:
-    """Store the image encoder's weights in bf16, in place (the head stays in fp32); returns the model.
-
-    The encoder then runs in bf16 in any context, and bf16 autocast no longer casts its weights on every forward: the
-    bf16 forward of the COCO model at 512x512 took 448 ms instead of 481 (two threads, AMD EPYC Zen 5), and the
-    encoder's weights take half the memory. The fp32 weights are not kept.
-    """
-    model.backbone.to(torch.bfloat16)
-    return model
 
 
 def onednn_available() -> bool:

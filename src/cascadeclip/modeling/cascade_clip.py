@@ -25,9 +25,28 @@ class CascadeCLIP(nn.Module):
         self.decode_head = CascadeHead(cfg.head)
         self.text_encoder = TextEncoder(cfg.text_encoder) if cfg.text_encoder is not None else None
         self.freeze_pretrained()
-        # Fast path (see inference.fast_path.use_fast_path): the head and the upsampling run in fp32 under autocast, and
-        # the logits are upsampled and returned in channels-last layout (same values, other strides).
-        self.fast_path = False
+        self.fast_path = False  # see set_fast_path
+
+    def set_fast_path(self, enabled: bool = True) -> CascadeCLIP:
+        """Compute the same function with less work (or, with False, as the reference does); returns the model.
+
+        On the fast path the image encoder's prompts enter each block as keys and values only
+        (`ImageEncoder.prompts_as_keys`), and the head and the upsampling stay in fp32 under bf16 autocast (see
+        `forward`). Logits and gradients differ from the reference's by float rounding only (tests/test_fast_path.py).
+        Faster kernels for the same operations are the runtime's business (`inference.fast_path.fast_inference`).
+        """
+        self.fast_path = enabled
+        self.backbone.prompts_as_keys = enabled
+        return self
+
+    def store_encoder_in_bf16(self) -> CascadeCLIP:
+        """Store the image encoder's weights in bf16, in place, for bf16 inference; returns the model.
+
+        The encoder then runs in bf16 in any context, and bf16 autocast no longer casts its weights on every forward;
+        they also take half the memory. The head stays in fp32. The fp32 weights are not kept.
+        """
+        self.backbone.to(torch.bfloat16)
+        return self
 
     def freeze_pretrained(self) -> None:
         """The reference's trainable set: backbone parameters whose name contains "prompt", and the whole head. CLIP's
@@ -50,15 +69,13 @@ class CascadeCLIP(nn.Module):
             (B, C, H, W) mask logits, bilinearly upsampled from the token grid.
         """
         maps, global_embedding = self.backbone(images)
-        if not self.fast_path:
-            return upsample(self.decode_head(maps, global_embedding, text), images.shape[-2:])
-        # Mask logits are small differences between classes of larger dot products. Against fp32, a bf16 encoder
-        # with a bf16 head changed the class of 0.46% of the pixels, with an fp32 head 0.15%, at 0-4% more time
-        # (benchmarks/RESULTS.md and its earlier runs: random weights, 171 classes, 512x512). Channels-last
-        # upsampling of hundreds of classes is 2-4x faster on the CPU.
-        with torch.autocast(images.device.type, enabled=False):
-            logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
-            return upsample(logits.contiguous(memory_format=torch.channels_last), images.shape[-2:])
+        if self.fast_path:
+            # Mask logits are small differences between classes of larger dot products: the head keeps fp32 under
+            # bf16 autocast (agreement measured in benchmarks/README.md).
+            with torch.autocast(images.device.type, enabled=False):
+                logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
+                return upsample(logits.contiguous(memory_format=torch.channels_last), images.shape[-2:])
+        return upsample(self.decode_head(maps, global_embedding, text), images.shape[-2:])
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
