@@ -160,6 +160,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
     started, load_before = time.time(), machine_description()["load_average"]
+    freed_memory_kept = keep_freed_memory()  # as `cascade-clip` does for its own process
 
     cfg = get_preset(args.config)
     torch.manual_seed(0)
@@ -234,7 +235,7 @@ def main() -> None:
         "load_average_before": load_before,
         "allocator": {
             "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-            "keep_freed_memory": keep_freed_memory(),
+            "keep_freed_memory": freed_memory_kept,
         },
         "args": {k: str(v) for k, v in vars(args).items()},
         "config": cfg.name,

@@ -10,10 +10,12 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cascadeclip import Segmenter
 from cascadeclip.cli.main import main
 from cascadeclip.inference import fast_path
 from cascadeclip.inference.fast_path import _attention as attention
@@ -107,14 +109,30 @@ def test_glibc_keeps_freed_memory():
     assert fast_path.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
-def test_the_command_line_loads_pytorch_after_choosing_huge_pages(monkeypatch):
+def test_the_segmenter_changes_the_process_only_when_asked(monkeypatch, tmp_path):
+    mallopt_calls = []
+    monkeypatch.setattr(fast_path, "_mallopt", lambda *args: mallopt_calls.append(args) or True)
+    environment, threads = dict(os.environ), torch.get_num_threads()
+    for asked in (False, True):
+        with pytest.warns(UserWarning, match="RANDOM weights"):
+            segmenter = Segmenter.with_random_weights(
+                tiny_model_config(with_text=True), device="cpu", cache_dir=tmp_path, keep_freed_memory=asked
+            )
+        segmenter.predict(np.zeros((40, 50, 3), dtype=np.uint8), ["a", "b"])
+        assert dict(os.environ) == environment and torch.get_num_threads() == threads
+        assert bool(mallopt_calls) is asked  # the allocator is changed when asked for, and only then
+
+
+def test_the_command_line_tunes_its_own_process_and_loads_pytorch_after_choosing_huge_pages(monkeypatch):
     # PyTorch reads THP_MEM_ALLOC_ENABLE once, when it loads: importing the entry point must not load it.
     probe = "import sys, cascadeclip.cli.main; print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+    mallopt_calls = []
+    monkeypatch.setattr(fast_path, "_mallopt", lambda *args: mallopt_calls.append(args) or True)
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"])
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1" and mallopt_calls
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the user's choice wins
     main(["bench", "voc-inductive", "--images", "5", "--warmup", "5"])
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

@@ -33,6 +33,7 @@ from .data.transforms import short_side_size, test_image_tensor
 from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
 from .inference.fast_path import fast_inference
+from .inference.fast_path import keep_freed_memory as _keep_freed_memory
 from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
 from .modeling.cascade_clip import CascadeCLIP
@@ -123,6 +124,9 @@ class Segmenter:
             stride larger than the window, or a short side smaller than the window in slide mode).
         bf16: run the image encoder in bfloat16, its weights converted in place (the head stays in fp32).
         cache_dir: folder of the text-embedding cache (default: see `utils.cache_dir`).
+        keep_freed_memory: have glibc keep freed memory for reuse (`inference.fast_path.keep_freed_memory`), which
+            makes repeated forwards on the CPU faster. It changes the whole process, for good, so it is off unless
+            asked for; the segmenter changes nothing else outside itself.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class Segmenter:
         window_batch: int = 8,
         bf16: bool = False,
         cache_dir: str | Path | None = None,
+        keep_freed_memory: bool = False,
     ):
         crop = model.cfg.image_encoder.image_size if crop is None else crop
         # The inference settings as a test protocol, so that they are checked by the configuration's rules.
@@ -158,6 +163,8 @@ class Segmenter:
                 f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs"
             )
         self.device = check_device(device, "device") or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if keep_freed_memory and self.device.type == "cpu":
+            _keep_freed_memory()
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
         self.model = model.eval().to(self.device).set_fast_path(True)
         if bf16:

@@ -10,6 +10,11 @@ Every failure is one line on stderr, never a traceback (unless asked for), and a
 - 130: interrupted (Ctrl-C).
 A command may also exit with 1 for "ran, but found problems" (`test --skip-bad`, `check-data`). Warnings are printed
 as one line each, prefixed like errors.
+
+The command tunes the memory allocation of its own process (a library leaves this to its caller): PyTorch's
+transparent huge pages for CPU tensors of 2 MB and more (`THP_MEM_ALLOC_ENABLE=1`, unless the user set it), and
+glibc keeps freed memory for reuse (`inference.fast_path.keep_freed_memory`). Large activations are otherwise
+faulted in page by page on every forward (measured effect: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -72,10 +77,11 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Transparent huge pages for PyTorch's CPU tensors of 2 MB and more (read once, when PyTorch loads; the user's
-    # setting wins). Each large activation is otherwise faulted in 4 kB at a time, which made the full-resolution
-    # upsampling several times slower (benchmarks/NOTES.md, Transparent huge pages in the command line).
+    # PyTorch reads this once, when it loads: before anything imports it. The user's setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    from ..inference.fast_path import keep_freed_memory
+
+    keep_freed_memory()
     args = parse_arguments(build_parser(), argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     prefix = f"cascade-clip {args.command}"

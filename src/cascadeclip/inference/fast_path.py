@@ -3,8 +3,8 @@
 The model owns the computation (`CascadeCLIP.set_fast_path`: the same function with less work;
 `CascadeCLIP.store_encoder_in_bf16` for bf16 inference); this module owns the context it runs in:
 - `fast_inference(device, precision)`: autograd off; on the CPU, fp32 linear layers through oneDNN and attention by
-  matrix products (`fast_cpu_kernels`), and freed memory kept for reuse (`keep_freed_memory`); bf16 autocast for
-  precision "bf16", on the CPU or CUDA.
+  matrix products (`fast_cpu_kernels`); bf16 autocast for precision "bf16", on the CPU or CUDA.
+- `keep_freed_memory()`: glibc keeps freed memory for reuse, a process-wide setting made only when a caller asks.
 
 Why oneDNN: for fp32, PyTorch's CPU linear layers call MKL, which runs its AVX2 code on AMD CPUs. On the ViT's
 MLP shape (1075x768 @ 768x3072, one thread, AMD EPYC Zen 5, torch 2.14.1) MKL reached 40 GFLOP/s and oneDNN 137.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 from collections.abc import Iterator
 
 import torch
@@ -121,28 +120,29 @@ def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-@functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS; True where it could.
 
     By default glibc maps every block of 128 kB and more (up to 32 MB, adjusted as it goes) afresh and unmaps it when
-    it is freed, and returns the top of its heap beyond 128 kB, so each forward paid the page faults of its
-    activations again. Now every block comes from the heap, which keeps up to 1 GiB of free memory. The bf16 forward
-    of the COCO model at 512x512 took 472 ms instead of 617, of which its 179 MB upsampling 9 ms instead of 103
-    (timed in turns with the bare encoder and fp32, as benchmarks/efficiency.py does; two threads, AMD EPYC Zen 5).
-    The setting is process-wide and lasts; other C libraries are left as they are.
+    it is freed, and returns the top of its heap beyond 128 kB, so each forward pays the page faults of its large
+    activations again. After this call every block comes from the heap, which keeps up to 1 GiB of free memory
+    (measured effect: benchmarks/README.md). The setting is process-wide and lasts, so nothing here calls it on its
+    own: the `cascade-clip` command does for its own process, `Segmenter(keep_freed_memory=True)` when asked.
     """
+    return _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, 2**30)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+    return bool(mallopt(parameter, value))
 
 
 @contextlib.contextmanager
 def fast_inference(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
-    """Autograd off; on the CPU faster kernels (`fast_cpu_kernels`) and reuse of freed memory; autocast for bf16."""
-    if torch.device(device).type == "cpu":
-        keep_freed_memory()
+    """Autograd off; on the CPU faster kernels (`fast_cpu_kernels`); autocast for bf16. Changes nothing beyond the
+    context (see `keep_freed_memory` for the allocator)."""
     with torch.inference_mode(), fast_cpu_kernels(), autocast(device, precision):
         yield
