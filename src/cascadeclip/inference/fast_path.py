@@ -6,9 +6,9 @@ The model owns the computation (`CascadeCLIP.set_fast_path`: the same function w
   matrix products (`fast_cpu_kernels`); bf16 autocast for precision "bf16", on the CPU or CUDA.
 - `keep_freed_memory()`: glibc keeps freed memory for reuse, a process-wide setting made only when a caller asks.
 
-Why oneDNN: for fp32, PyTorch's CPU linear layers call MKL, which runs its AVX2 code on AMD CPUs. On the ViT's
-MLP shape (1075x768 @ 768x3072, one thread, AMD EPYC Zen 5, torch 2.14.1) MKL reached 40 GFLOP/s and oneDNN 137.
-On Intel CPUs the two are on par. Results differ by float rounding only.
+Why these kernels: PyTorch's fp32 CPU linear layers call MKL, which runs its AVX2 code on AMD CPUs, and attention as
+cache-sized matrix products beat PyTorch's fused kernel there (measurements: benchmarks/README.md). Results differ by
+float rounding only.
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, query_block: int = 256) -> torch.Tensor:
     """softmax(q k^T * scale) v for (B, H, L, d) queries and (B, H, S, d) keys and values -> (B, H, L, d).
 
-    PyTorch's fused CPU kernel took 19 ms (fp32) and 20 ms (bf16) for one ViT-B/16 attention at 512x512 with 50
-    prompt keys (two threads, AMD EPYC Zen 5, torch 2.14.1). In fp32, two oneDNN products per image and head, whose
-    (L, S) logits stay in cache, took 12.7 ms; in bf16, blocks of 256 queries over all heads took 8.1 ms.
+    In fp32 two oneDNN products per image and head, whose (L, S) logits stay in cache; in bf16 blocks of
+    `query_block` queries over all heads.
     """
     out = torch.empty(q.shape, dtype=q.dtype)
     if q.dtype == torch.float32:
