@@ -12,8 +12,18 @@ import pytest
 import torch
 
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+from cascadeclip.inference import kernel_choice
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Kernel choices of the test session: measured as needed, kept in memory, never written to the user's cache folder.
+_SESSION_KERNEL_CHOICE = kernel_choice.KernelChoice(None)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_choices_in_memory(monkeypatch):
+    monkeypatch.setattr(kernel_choice, "_process_choice", _SESSION_KERNEL_CHOICE)
+
 
 # Development data that is not part of the repository (golden cases computed by the authors' code, real CLIP text
 # embeddings) is read from ../shared beside it, or from $CASCADECLIP_SHARED_DIR. A clone on its own has none: the

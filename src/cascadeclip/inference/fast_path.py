@@ -1,25 +1,29 @@
-"""The runtime of fast inference: faster kernels, memory reuse and autocast around a model's forward.
+"""The runtime of fast inference: the faster kernels of this machine, autocast, and (when asked) memory reuse.
 
 The model owns the computation (`CascadeCLIP.set_fast_path`: the same function with less work;
 `CascadeCLIP.store_encoder_in_bf16` for bf16 inference); this module owns the context it runs in:
-- `fast_inference(device, precision)`: autograd off; on the CPU, fp32 linear layers through oneDNN and attention by
-  matrix products (`fast_cpu_kernels`); bf16 autocast for precision "bf16", on the CPU or CUDA.
+- `fast_inference(device, precision)`: autograd off; bf16 autocast for precision "bf16"; on the CPU, linear layers,
+  products with a matrix, attention and bilinear resizing run on the faster of PyTorch's kernel and an alternative
+  (`fast_cpu_kernels`): oneDNN's linear kernel (PyTorch's fp32 linear layers call MKL, which runs its AVX2 code on
+  AMD CPUs), attention as cache-sized matrix products, resizing in channels-last layout. Which is faster differs
+  between CPUs, so it is measured on this machine at first use and kept (`kernel_choice`). On CUDA, PyTorch's own
+  kernels. Results differ by float rounding only.
 - `keep_freed_memory()`: glibc keeps freed memory for reuse, a process-wide setting made only when a caller asks.
 
-Why these kernels: PyTorch's fp32 CPU linear layers call MKL, which runs its AVX2 code on AMD CPUs, and attention as
-cache-sized matrix products beat PyTorch's fused kernel there (measurements: benchmarks/README.md). Results differ by
-float rounding only.
-"""
+For bf16, PyTorch's linear layers and oneDNN's both use AMX where the CPU has it."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .kernel_choice import PYTORCH, KernelChoice, process_choice, size_class
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -28,40 +32,86 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class _FastCPUKernels(TorchFunctionMode):
-    """On CPU tensors without autograd: F.linear (hence every nn.Linear) and products with a matrix (`x @ W`, W 2-D)
-    in fp32 on oneDNN, and attention (F.scaled_dot_product_attention without mask or dropout) in fp32 and bf16 by
-    matrix products (`_attention`). Every other call is left unchanged."""
+class _RoutedCPUKernels(TorchFunctionMode):
+    """On CPU tensors without autograd, each operation that has an alternative kernel (`_alternative`: linear layers,
+    products with a matrix, attention, bilinear resizing) runs on the kernel `choice` found faster for its kind:
+    PyTorch's own or the alternative. Every other call is left unchanged."""
+
+    def __init__(self, choice: KernelChoice):
+        super().__init__()
+        self.choice = choice
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear:
-            named = dict(zip(("input", "weight", "bias"), args, strict=False))  # args may stop early | kwargs
-            x, weight, bias = named["input"], named["weight"], named.get("bias")
-            if x.dim() >= 2 and _plain_cpu(torch.float32, x, weight, bias):
-                return _onednn_linear(x, weight, bias)
-        elif func in _MATMULS and len(args) == 2 and not kwargs:
-            x, matrix = args
-            if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(torch.float32, x, matrix):
-                return _onednn_linear(x, matrix.T, None)
-        elif func is F.scaled_dot_product_attention:
-            named = (
-                dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args, strict=False)) | kwargs
-            )
-            q, k, v = named["query"], named["key"], named["value"]
-            options = ("dropout_p", "is_causal", "enable_gqa")
-            plain = named.get("attn_mask") is None and not any(named.get(n) for n in options)
-            if plain and q.dim() == 4 and q.shape[:2] == k.shape[:2] and _plain_cpu(q.dtype, q, k, v):
-                return _attention(q, k, v, named.get("scale") or q.shape[-1] ** -0.5)
+        alternative = _alternative(func, args, kwargs)
+        if alternative is not None:
+            kind, name, run = alternative
+            candidates = {PYTORCH: lambda: func(*args, **kwargs), name: run}
+            return candidates[self.choice.choose(kind, candidates)]()
         return func(*args, **kwargs)
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)  # `x @ W` arrives as Tensor.matmul
+_ARGUMENTS = {  # positional parameters of the routed functions
+    F.linear: ("input", "weight", "bias"),
+    F.scaled_dot_product_attention: ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"),
+    F.interpolate: ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
+}
 
 
-def _plain_cpu(dtype: torch.dtype, *tensors: torch.Tensor | None) -> bool:
-    """Whether the tensors are dense CPU tensors of `dtype` (fp32 outside autocast, or bf16) that need no autograd."""
+def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[], torch.Tensor]] | None:
+    """(kind, name, call) of the alternative kernel for this call of `func`, or None when there is none.
+
+    The kind names the operation, dtype, thread count and shape class (sizes rounded up to a power of two) that a
+    choice holds for.
+    """
+    if func in _MATMULS and len(args) == 2 and not kwargs:
+        x, matrix = args
+        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix):
+            kind = _kind("matmul", x, rows=x.numel() // x.shape[-1], shape=f"{matrix.shape[0]}->{matrix.shape[1]}")
+            return kind, "onednn", lambda: _onednn_linear(x, matrix.T, None)
+        return None
+    if func not in _ARGUMENTS:
+        return None
+    named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
+    if func is F.linear:
+        x, weight, bias = named["input"], named["weight"], named.get("bias")
+        if x.dim() >= 2 and _plain_cpu(x, weight, bias):
+            kind = _kind("linear", x, rows=x.numel() // x.shape[-1], shape=f"{weight.shape[1]}->{weight.shape[0]}")
+            return kind, "onednn", lambda: _onednn_linear(x, weight, bias)
+    elif func is F.scaled_dot_product_attention:
+        q, k, v = named["query"], named["key"], named["value"]
+        plain = named.get("attn_mask") is None and not any(
+            named.get(n) for n in ("dropout_p", "is_causal", "enable_gqa")
+        )
+        if plain and q.dim() == 4 and q.shape[:2] == k.shape[:2] and _plain_cpu(q, k, v):
+            queries, keys = size_class(q.shape[2]), size_class(k.shape[2])
+            kind = _kind("attention", q, rows=q.shape[0] * q.shape[1], shape=f"{queries}x{keys}x{q.shape[3]}")
+            return kind, "products", lambda: _attention_by_products(q, k, v, named.get("scale") or q.shape[-1] ** -0.5)
+    elif func is F.interpolate:
+        x, size = named["input"], named.get("size")
+        if named.get("mode") == "bilinear" and x.dim() == 4 and size is not None and _plain_cpu(x):
+            if not x.is_contiguous(memory_format=torch.channels_last):
+                pixels = f"{size_class(x.shape[2] * x.shape[3])}->{size_class(math.prod(_pair(size)))}"
+                kind = _kind("bilinear", x, rows=x.shape[0] * x.shape[1], shape=pixels)
+                return kind, "channels_last", lambda: _channels_last_resize(named)
+    return None
+
+
+def _kind(operation: str, x: torch.Tensor, rows: int, shape: str) -> str:
+    dtype = str(x.dtype).removeprefix("torch.")
+    return f"{operation} {dtype} threads={torch.get_num_threads()} rows={size_class(rows)} {shape}"
+
+
+def _pair(size: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _plain_cpu(*tensors: torch.Tensor | None) -> bool:
+    """Whether the tensors are dense CPU tensors of one dtype, fp32 (outside autocast, which would cast them) or bf16,
+    that need no autograd."""
     tensors = [t for t in tensors if t is not None]
+    dtype = tensors[0].dtype
     return (
         (dtype == torch.bfloat16 or (dtype == torch.float32 and not torch.is_autocast_enabled("cpu")))
         and all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided for t in tensors)
@@ -71,10 +121,13 @@ def _plain_cpu(dtype: torch.dtype, *tensors: torch.Tensor | None) -> bool:
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias by oneDNN (AMX for bf16 where the CPU has it)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, query_block: int = 256) -> torch.Tensor:
+def _attention_by_products(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, query_block: int = 256
+) -> torch.Tensor:
     """softmax(q k^T * scale) v for (B, H, L, d) queries and (B, H, S, d) keys and values -> (B, H, L, d).
 
     In fp32 two oneDNN products per image and head, whose (L, S) logits stay in cache; in bf16 blocks of
@@ -95,14 +148,21 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, 
     return out
 
 
+def _channels_last_resize(arguments: dict) -> torch.Tensor:
+    """F.interpolate with these arguments, its input in channels-last layout (so is the output)."""
+    x = arguments["input"].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(**(arguments | {"input": x}))
+
+
 @contextlib.contextmanager
-def fast_cpu_kernels() -> Iterator[None]:
-    """Within the context, CPU linear layers and attention without autograd take the faster kernels of
-    `_FastCPUKernels` (no-op where oneDNN is unavailable)."""
+def fast_cpu_kernels(choice: KernelChoice | None = None) -> Iterator[None]:
+    """Within the context, CPU operations without autograd run on the faster of PyTorch's kernel and an alternative,
+    as measured on this machine (`choice`, default: the process's, kept in the cache folder); a no-op where oneDNN is
+    unavailable."""
     if not onednn_available():
         yield
         return
-    with _FastCPUKernels():
+    with _RoutedCPUKernels(choice or process_choice()):
         yield
 
 

@@ -31,9 +31,9 @@ class CascadeCLIP(nn.Module):
         """Compute the same function with less work (or, with False, as the reference does); returns the model.
 
         On the fast path the image encoder's prompts enter each block as keys and values only
-        (`ImageEncoder.prompts_as_keys`), and the head and the upsampling stay in fp32 under bf16 autocast (see
-        `forward`). Logits and gradients differ from the reference's by float rounding only (tests/test_fast_path.py).
-        Faster kernels for the same operations are the runtime's business (`inference.fast_path.fast_inference`).
+        (`ImageEncoder.prompts_as_keys`), and the head and the upsampling stay in fp32 under bf16 autocast. Logits and
+        gradients differ from the reference's by float rounding only (tests/test_fast_path.py). Faster kernels for the
+        same operations are the runtime's business (`inference.fast_path.fast_inference`).
         """
         self.fast_path = enabled
         self.backbone.prompts_as_keys = enabled
@@ -74,7 +74,7 @@ class CascadeCLIP(nn.Module):
             # bf16 autocast (agreement measured in benchmarks/README.md).
             with torch.autocast(images.device.type, enabled=False):
                 logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
-                return upsample(logits.contiguous(memory_format=torch.channels_last), images.shape[-2:])
+                return upsample(logits, images.shape[-2:])
         return upsample(self.decode_head(maps, global_embedding, text), images.shape[-2:])
 
 

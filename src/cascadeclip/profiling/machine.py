@@ -9,19 +9,34 @@ from pathlib import Path
 
 import torch
 
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+CPU_FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "avx512_fp16",
+)
 
 
-def machine_description() -> dict:
-    """CPU model and relevant instruction-set flags, threads, memory, GPU, library versions, load average."""
-    cpu, flags = platform.processor() or platform.machine(), set()
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and instruction-set flags (from /proc/cpuinfo on Linux; elsewhere no flags)."""
+    cpu, flags = platform.processor() or platform.machine(), frozenset()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         text = cpuinfo.read_text()
         if match := re.search(r"model name\s*:\s*(.+)", text):
             cpu = match.group(1).strip()
         if match := re.search(r"flags\s*:\s*(.+)", text):
-            flags = set(match.group(1).split())
+            flags = frozenset(match.group(1).split())
+    return cpu, flags
+
+
+def machine_description() -> dict:
+    """CPU model and relevant instruction-set flags, threads, memory, GPU, library versions, load average."""
+    cpu, flags = cpu_model_and_flags()
     description = {
         "cpu": cpu,
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST} if flags else {},

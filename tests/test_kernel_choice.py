@@ -1,0 +1,150 @@
+"""Kernel choice per machine: every alternative kernel computes what PyTorch's computes, the faster one is taken (by a
+fake clock here: speed itself is measured by benchmarks/efficiency.py), and choices are kept per machine on disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cascadeclip.inference import fast_path, kernel_choice
+from cascadeclip.inference.kernel_choice import PYTORCH, ROUNDS, KernelChoice
+
+
+class FakeClock:
+    """Every reading is one second after the previous one, so each timed call lasts 1 s, plus whatever the kernels
+    wrapped by `slowed` add."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def slowed(self, kernel, extra_seconds: float, calls: list):
+        def timed(*args, **kwargs):
+            calls.append(kernel.__name__)
+            self.now += extra_seconds
+            return kernel(*args, **kwargs)
+
+        return timed
+
+
+def faked_choice(monkeypatch, kernel_name: str, extra_seconds: float) -> tuple[KernelChoice, list]:
+    """A choice (in memory) timed by a fake clock on which fast_path's `kernel_name` takes `extra_seconds` more than
+    PyTorch's kernel (negative: less); the list records the alternative's calls."""
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(fast_path, kernel_name, clock.slowed(getattr(fast_path, kernel_name), extra_seconds, calls))
+    return KernelChoice(None, timer=clock), calls
+
+
+def strided_heads(batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 4, L, 16) heads split off a (B, L, 64) tensor, as the models do: strided, not contiguous."""
+    return torch.randn(batch, length, 4 * 16).unflatten(-1, (4, 16)).transpose(1, 2).to(dtype)
+
+
+def _linear_case(dtype):
+    x, weight, bias = torch.randn(2, 9, 48)[:, 1:].to(dtype), torch.randn(24, 48).to(dtype), torch.randn(24).to(dtype)
+    expected = lambda: F.linear(x.double(), weight.double(), bias.double())  # noqa: E731
+    return "_onednn_linear", "onednn", lambda: F.linear(x, weight, bias), expected
+
+
+def _matmul_case(dtype):
+    x, matrix = torch.randn(2, 9, 48)[:, 1:].to(dtype), torch.randn(48, 24).to(dtype)
+    return "_onednn_linear", "onednn", lambda: x @ matrix, lambda: x.double() @ matrix.double()
+
+
+def _attention_case(dtype):
+    q, k, v = strided_heads(3, 300, dtype), strided_heads(3, 270, dtype), strided_heads(3, 270, dtype)
+    expected = lambda: F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.3)  # noqa: E731
+    return "_attention_by_products", "products", lambda: F.scaled_dot_product_attention(q, k, v, scale=0.3), expected
+
+
+def _bilinear_case(dtype):
+    x = torch.randn(2, 7, 12, 10).to(dtype)
+    resize = lambda t: F.interpolate(t, size=(50, 41), mode="bilinear", align_corners=False)  # noqa: E731
+    return "_channels_last_resize", "channels_last", lambda: resize(x), lambda: resize(x.double())
+
+
+CASES = {"linear": _linear_case, "matmul": _matmul_case, "attention": _attention_case, "bilinear": _bilinear_case}
+# fp32: float rounding of sums over at most 300 terms in another order; bf16: 8-bit mantissas of inputs and products.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CASES)
+def test_each_alternative_kernel_equals_pytorch_and_is_taken_where_faster(case, dtype, monkeypatch):
+    torch.manual_seed(0)
+    kernel_name, choice_name, operation, expected = CASES[case](dtype)
+    choice, calls = faked_choice(monkeypatch, kernel_name, extra_seconds=-0.5)
+    with torch.inference_mode(), fast_path.fast_cpu_kernels(choice):
+        routed = operation()
+    assert list(choice._choices.values()) == [choice_name]
+    assert len(calls) == 1 + ROUNDS + 1  # measured (one untimed call, then timed rounds), then run
+    assert routed.dtype == dtype
+    torch.testing.assert_close(routed.double(), expected(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("extra_seconds", [1.0, -0.02], ids=["slower", "faster by less than the margin"])
+def test_pytorch_kernel_is_kept_unless_the_alternative_is_clearly_faster(extra_seconds, monkeypatch):
+    torch.manual_seed(0)
+    _, _, operation, expected = _linear_case(torch.float32)
+    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds)
+    with torch.inference_mode(), fast_path.fast_cpu_kernels(choice):
+        first = operation()
+        measured = len(calls)
+        operation()
+    assert list(choice._choices.values()) == [PYTORCH]
+    assert measured == 1 + ROUNDS and len(calls) == measured  # measured once; then PyTorch's kernel ran each time
+    torch.testing.assert_close(first.double(), expected(), atol=1e-5, rtol=1e-5)  # float rounding, 48 terms
+
+
+def test_no_alternative_under_autograd_or_with_a_mask(monkeypatch):
+    choice, calls = faked_choice(monkeypatch, "_attention_by_products", extra_seconds=-0.5)
+    q = strided_heads(2, 30, torch.float32).requires_grad_()
+    with fast_path.fast_cpu_kernels(choice):
+        F.scaled_dot_product_attention(q, q, q).sum().backward()  # training: PyTorch's kernels, with their gradients
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(30, 30, dtype=torch.bool))
+    assert calls == [] and choice._choices in (None, {}) and q.grad is not None
+
+
+def test_choices_are_kept_on_disk_per_machine(tmp_path, monkeypatch):
+    def forbidden():
+        raise AssertionError("a kept choice was measured again")
+
+    clock = FakeClock()
+    first = KernelChoice(tmp_path, timer=clock)
+    assert first.choose("kind A", {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)})
+    assert first.choose("kind B", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert json.loads(first.path.read_text())["choices"] == {"kind A": "other", "kind B": PYTORCH}
+    again = KernelChoice(tmp_path)  # a later process on the same machine
+    assert again.choose("kind A", {PYTORCH: forbidden, "other": forbidden}) == "other"
+
+    monkeypatch.setattr(kernel_choice, "cpu_model_and_flags", lambda: ("Another CPU", frozenset({"amx_bf16"})))
+    elsewhere = KernelChoice(tmp_path, timer=FakeClock())
+    assert elsewhere.path != first.path and elsewhere.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None})
+    assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", '["a list"]', '{"machine": "another", "choices": {"kind A": "other"}}', "{}"],
+    ids=["corrupt", "wrong type", "another machine", "no choices"],
+)
+def test_a_choices_file_that_cannot_be_used_is_ignored_and_replaced(content, tmp_path):
+    choice = KernelChoice(tmp_path, timer=FakeClock())  # equal times: PyTorch's kernel
+    choice.path.write_text(content.replace('"another"', json.dumps({"cpu": "x"})))
+    assert choice.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # measured afresh
+    assert json.loads(choice.path.read_text())["choices"] == {"kind A": PYTORCH}
+
+
+def test_a_folder_that_cannot_be_written_costs_a_warning(tmp_path):
+    (tmp_path / "file").write_text("")
+    choice = KernelChoice(tmp_path / "file" / "choices", timer=FakeClock())  # no folder can be made inside a file
+    with pytest.warns(UserWarning, match="kernel choices not saved"):
+        assert choice.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert choice.choose("kind B", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # warned once
