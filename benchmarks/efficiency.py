@@ -13,7 +13,7 @@ images than its 1000, see --fps-images).
     PYTHONPATH=src python benchmarks/efficiency.py --size 224 --repeats 1 --fps-images 3 --fps-warmup 1 --out /tmp/R.md
 
 Both the bare encoder and our model run in the same context per precision (`inference.fast_path.fast_inference`),
-and the bare encoder's blocks run through our block code (`prompted_block`, with no prompts), so the ratios compare
+and the bare encoder's blocks run through our block code (`block_forward`), so the ratios compare
 work, not kernels; open_clip's own forward of the bare encoder is timed too. Targets (issue 6) are stated beside each
 figure; nothing is tuned to them.
 """
@@ -46,7 +46,7 @@ from cascadeclip.inference.fast_path import (
     keep_freed_memory,
 )
 from cascadeclip.modeling.cascade_clip import CascadeCLIP, upsample
-from cascadeclip.modeling.image_encoder import prompted_block
+from cascadeclip.modeling.image_encoder import block_forward
 from cascadeclip.profiling.flops import count_flops
 from cascadeclip.profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
 from cascadeclip.profiling.machine import machine_description
@@ -76,9 +76,8 @@ def bare_vit_forward(vit: VisionTransformer, images: torch.Tensor) -> torch.Tens
     x = vit.conv1(images).flatten(2).transpose(1, 2)
     cls = vit.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = vit.ln_pre(torch.cat([cls, x], dim=1) + vit.positional_embedding.to(x.dtype))
-    no_prompts = x[:, :0]
     for block in vit.transformer.resblocks:
-        x = prompted_block(block, x, no_prompts)
+        x = block_forward(block, x)
     return vit.ln_post(x[:, 0]) @ vit.proj
 
 

@@ -29,27 +29,28 @@ def resize_positional_grid(grid_rows: torch.Tensor, size: tuple[int, int]) -> to
     return grid.permute(0, 2, 3, 1).reshape(size[0] * size[1], width)
 
 
-def prompted_block(block: ResidualAttentionBlock, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-    """One open_clip block in which the prompt tokens serve as keys and values only.
+def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, kv_only: torch.Tensor | None = None) -> torch.Tensor:
+    """One open_clip block over the tokens `x`, plus tokens that serve as keys and values only.
 
-    A block's outputs at the prompt positions are never read: the next block replaces the prompts, and after the
-    last block only the CLS and patch tokens are used. So queries, attention output and MLP are computed for the
-    CLS and patch tokens alone. Attention does not depend on the order of the keys, so the prompts' keys go last.
-    The block's nn.MultiheadAttention weights are applied here with F.linear and fused attention rather than
-    through the module, whose cross-attention path runs batched windows as many tiny matrix products.
+    The block's nn.MultiheadAttention weights are applied here with F.linear on batch-first tensors and fused
+    attention rather than through the module. The module transposes its input to sequence-first, and under autograd
+    F.linear on that transposed view falls back to batched products with the weight expanded per token, several
+    times slower; its cross-attention path also runs batched windows as many tiny matrix products.
 
     Args:
         block: a pre-norm block (x += attn(ln_1(x)); x += mlp(ln_2(x))), its attention without dropout.
-        x: (B, 1 + N, W) CLS and patch tokens.
-        prompts: (B, T, W) this block's prompt tokens.
+        x: (B, L, W) tokens.
+        kv_only: (B, T, W) tokens that the tokens of `x` attend to as well, whose own outputs are not computed
+            (attention does not depend on the order of the keys, so theirs go last).
     Returns:
-        (B, 1 + N, W) the block's output at the CLS and patch tokens.
+        (B, L, W) the block's output at the tokens of `x`.
     """
     attn, (batch, length, width) = block.attn, x.shape
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    kv_weight, kv_bias = attn.in_proj_weight[width:], attn.in_proj_bias[width:]
-    prompt_k, prompt_v = F.linear(block.ln_1(prompts), kv_weight, kv_bias).chunk(2, dim=-1)
-    k, v = torch.cat([k, prompt_k], dim=1), torch.cat([v, prompt_v], dim=1)
+    if kv_only is not None:
+        kv_weight, kv_bias = attn.in_proj_weight[width:], attn.in_proj_bias[width:]
+        extra_k, extra_v = F.linear(block.ln_1(kv_only), kv_weight, kv_bias).chunk(2, dim=-1)
+        k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
     q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
     attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
     x = x + block.ls_1(attn.out_proj(attended))
@@ -63,8 +64,10 @@ class ImageEncoder(nn.Module):
     every block after the first by that block's projected deep prompts.
 
     `prompts_as_keys` (off by default, the reference's computation) runs the same function with less work: the
-    prompts enter each block as keys and values only (see `prompted_block`), saving T / (1 + T + N) of the
-    projections and MLPs (4.7% for COCO's T = 50 at 512x512). Results differ by float rounding.
+    prompts enter each block as keys and values only (`block_forward`'s `kv_only`), saving T / (1 + T + N) of the
+    projections and MLPs (4.7% for COCO's T = 50 at 512x512). A block's outputs at the prompt positions are never
+    read (the next block replaces the prompts, and after the last block only the CLS and patch tokens are used), so
+    the output and the gradients are the reference's up to float rounding.
     """
 
     def __init__(self, cfg: ImageEncoderConfig):
@@ -139,17 +142,19 @@ class ImageEncoder(nn.Module):
             prompt_set = self.prompt_embeddings[0] if i == 0 else self.deep_prompt_embeddings[i - 1]
             prompts = self._project_prompts(prompt_set, x.shape[0])
             if self.prompts_as_keys:
-                x = prompted_block(block, x, prompts)
+                x = block_forward(block, x, kv_only=prompts)
             else:
                 # The reference: prompts between CLS and patches; their outputs are replaced before the next block.
-                x = block(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1))
+                x = block_forward(block, torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1))
                 x = torch.cat([x[:, :1], x[:, 1 + prompts.shape[1] :]], dim=1)
             if i in self.cfg.tap_blocks:
                 k = self.cfg.tap_blocks.index(i)
                 # LayerNorm and projection act per token, so only the patch tokens need them.
                 patches = self.ln_layers[k](self.prompt_norm(x[:, 1:])) @ self.proj_layers[k]
                 maps.append(self._dense_map(patches, grid))
-        x = self.ln_post(self.prompt_norm(x))
-        global_embedding = F.normalize(x[:, 0] @ self.proj, dim=-1)
-        maps.append(self._dense_map(x[:, 1:] @ self.proj, grid))
+        # One product over all tokens: a slice of them would be a strided view, which autograd multiplies as a
+        # batch of products with the matrix expanded per image instead of one product.
+        x = self.ln_post(self.prompt_norm(x)) @ self.proj
+        global_embedding = F.normalize(x[:, 0], dim=-1)
+        maps.append(self._dense_map(x[:, 1:], grid))
         return maps, global_embedding
