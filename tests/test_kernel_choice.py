@@ -102,7 +102,28 @@ def test_pytorch_kernel_is_kept_unless_the_alternative_is_clearly_faster(extra_s
     torch.testing.assert_close(first.double(), expected(), atol=1e-5, rtol=1e-5)  # float rounding, 48 terms
 
 
-def test_no_alternative_under_autograd_or_with_a_mask(monkeypatch):
+def test_linear_under_autograd_runs_its_products_on_the_chosen_kernels_and_has_pytorchs_gradients(monkeypatch):
+    torch.manual_seed(0)
+    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds=-0.5)
+    tokens, weight, bias = (torch.randn(*shape, requires_grad=True) for shape in ((2, 9, 48), (24, 48), (24,)))
+    x, upstream = tokens[:, 1:], torch.randn(2, 8, 24)  # a strided view, as the encoder's slices are
+    with fast_path.fast_cpu_kernels(choice):
+        (F.linear(x, weight, bias) * upstream).sum().backward()
+    threads = torch.get_num_threads()
+    assert sorted(choice._choices) == [
+        f"linear float32 threads={threads} rows=16 24->48 transposed",  # the input's gradient
+        f"linear float32 threads={threads} rows=16 48->24",  # the output
+    ]
+    assert set(choice._choices.values()) == {"onednn"} and len(calls) == 2 * (1 + ROUNDS + 1)
+    routed = [t.grad for t in (tokens, weight, bias)]
+    for t in (tokens, weight, bias):
+        t.grad = None
+    (F.linear(tokens[:, 1:], weight, bias) * upstream).sum().backward()
+    for gradient, t in zip(routed, (tokens, weight, bias), strict=True):
+        torch.testing.assert_close(gradient, t.grad, atol=1e-5, rtol=1e-5)  # float rounding of sums of 48 terms
+
+
+def test_attention_under_autograd_and_masked_attention_stay_with_pytorch(monkeypatch):
     choice, calls = faked_choice(monkeypatch, "_attention_by_products", extra_seconds=-0.5)
     q = strided_heads(2, 30, torch.float32).requires_grad_()
     with fast_path.fast_cpu_kernels(choice):

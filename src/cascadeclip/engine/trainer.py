@@ -35,6 +35,7 @@ from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
 from ..evaluation import evaluate
 from ..factory import check_architecture, create_model, load_checkpoint, save_model
+from ..inference.fast_path import training_kernels
 from ..inference.text_embeddings import class_embeddings, find_embedding_file, load_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.loss import pairs_per_process
@@ -282,7 +283,8 @@ def accumulation_step(
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         sync = step == tcfg.accumulation_steps - 1 or not distributed
-        with contextlib.nullcontext() if sync else trained.no_sync(), _autocast(tcfg.precision, device):
+        no_sync = contextlib.nullcontext() if sync else trained.no_sync()
+        with no_sync, _autocast(tcfg.precision, device), training_kernels(device):
             losses = training_losses(
                 trained,
                 images,
@@ -407,7 +409,8 @@ def train(
     per_device = _per_device_batch(cfg, world_size)
 
     torch.manual_seed(tcfg.seed + dist_info.rank)
-    model = starting_model(cfg, run, start).to(dist_info.device).train()
+    # The fast path: the reference's gradients, with less work.
+    model = starting_model(cfg, run, start).to(dist_info.device).train().set_fast_path(True)
     classes = cfg.classes
     if file_text is None:
         file_text = class_embeddings(classes.names, classes.templates, "", model.text_encoder)

@@ -43,6 +43,11 @@ class _RoutedCPUKernels(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.linear and torch.is_grad_enabled():  # training: products on the chosen kernels, with autograd
+            named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
+            x, weight, bias = named["input"], named["weight"], named.get("bias")
+            if x.dim() >= 2 and _plain_cpu(x, weight, bias, autograd=True):
+                return _LinearOnChosenKernels.apply(x, weight, bias, self.choice)
         alternative = _alternative(func, args, kwargs)
         if alternative is not None:
             kind, name, run = alternative
@@ -77,8 +82,7 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     if func is F.linear:
         x, weight, bias = named["input"], named["weight"], named.get("bias")
         if x.dim() >= 2 and _plain_cpu(x, weight, bias):
-            kind = _kind("linear", x, rows=x.numel() // x.shape[-1], shape=f"{weight.shape[1]}->{weight.shape[0]}")
-            return kind, "onednn", lambda: _onednn_linear(x, weight, bias)
+            return _linear_kind(x, weight), "onednn", lambda: _onednn_linear(x, weight, bias)
     elif func is F.scaled_dot_product_attention:
         q, k, v = named["query"], named["key"], named["value"]
         plain = named.get("attn_mask") is None and not any(
@@ -98,6 +102,11 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     return None
 
 
+def _linear_kind(x: torch.Tensor, weight: torch.Tensor) -> str:
+    layout = "" if weight.is_contiguous() else " transposed"  # a backward pass multiplies by the weight's transpose
+    return _kind("linear", x, rows=x.numel() // x.shape[-1], shape=f"{weight.shape[1]}->{weight.shape[0]}{layout}")
+
+
 def _kind(operation: str, x: torch.Tensor, rows: int, shape: str) -> str:
     dtype = str(x.dtype).removeprefix("torch.")
     return f"{operation} {dtype} threads={torch.get_num_threads()} rows={size_class(rows)} {shape}"
@@ -107,17 +116,44 @@ def _pair(size: int | tuple[int, ...]) -> tuple[int, ...]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _plain_cpu(*tensors: torch.Tensor | None) -> bool:
+def _plain_cpu(*tensors: torch.Tensor | None, autograd: bool = False) -> bool:
     """Whether the tensors are dense CPU tensors of one dtype, fp32 (outside autocast, which would cast them) or bf16,
-    that need no autograd."""
+    and need no autograd (`autograd` False) or some of them do (True)."""
     tensors = [t for t in tensors if t is not None]
     dtype = tensors[0].dtype
     return (
         (dtype == torch.bfloat16 or (dtype == torch.float32 and not torch.is_autocast_enabled("cpu")))
         and all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) == autograd
         and not torch.compiler.is_compiling()  # compiled graphs choose their own kernels
     )
+
+
+def _linear_on_chosen_kernel(choice: KernelChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    candidates = {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: _onednn_linear(x, weight, bias)}
+    return candidates[choice.choose(_linear_kind(x, weight), candidates)]()
+
+
+class _LinearOnChosenKernels(torch.autograd.Function):
+    """F.linear under autograd whose two large products, the output and the input's gradient (the gradient times the
+    weight), run on the chosen kernels; the weight's and bias's gradients (needed by the trainable head only) are
+    PyTorch's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, choice):
+        ctx.save_for_backward(x, weight)
+        ctx.choice = choice
+        return _linear_on_chosen_kernel(choice, x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grad_x = _linear_on_chosen_kernel(ctx.choice, grad, weight.t(), None) if needs_x else None
+        rows = grad.flatten(0, -2)
+        grad_weight = rows.t() @ x.flatten(0, -2) if needs_weight else None
+        grad_bias = rows.sum(0) if needs_bias else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -164,6 +200,12 @@ def fast_cpu_kernels(choice: KernelChoice | None = None) -> Iterator[None]:
         return
     with _RoutedCPUKernels(choice or process_choice()):
         yield
+
+
+def training_kernels(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """For a training step (forward and backward): on the CPU, the products of linear layers (the output and the
+    input's gradient) on the faster kernel of this machine (`fast_cpu_kernels`); elsewhere PyTorch's own."""
+    return fast_cpu_kernels() if torch.device(device).type == "cpu" else contextlib.nullcontext()
 
 
 def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
