@@ -37,6 +37,7 @@ SUBCOMMANDS = {
     "check-data": "check_data",
     "bench": "bench",
     "convert": "convert",
+    "export": "export",
 }
 USER_ERROR_STATUS = 2
 UNEXPECTED_ERROR_STATUS = 3
