@@ -202,10 +202,12 @@ def fast_cpu_kernels(choice: KernelChoice | None = None) -> Iterator[None]:
         yield
 
 
-def training_kernels(device: torch.device | str) -> contextlib.AbstractContextManager:
+def training_kernels(
+    device: torch.device | str, choice: KernelChoice | None = None
+) -> contextlib.AbstractContextManager:
     """For a training step (forward and backward): on the CPU, the products of linear layers (the output and the
     input's gradient) on the faster kernel of this machine (`fast_cpu_kernels`); elsewhere PyTorch's own."""
-    return fast_cpu_kernels() if torch.device(device).type == "cpu" else contextlib.nullcontext()
+    return fast_cpu_kernels(choice) if torch.device(device).type == "cpu" else contextlib.nullcontext()
 
 
 def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
@@ -242,8 +244,10 @@ def _mallopt(parameter: int, value: int) -> bool:
 
 
 @contextlib.contextmanager
-def fast_inference(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
-    """Autograd off; on the CPU faster kernels (`fast_cpu_kernels`); autocast for bf16. Changes nothing beyond the
-    context (see `keep_freed_memory` for the allocator)."""
-    with torch.inference_mode(), fast_cpu_kernels(), autocast(device, precision):
+def fast_inference(
+    device: torch.device | str, precision: str = "fp32", choice: KernelChoice | None = None
+) -> Iterator[None]:
+    """Autograd off; on the CPU the faster kernels of this machine (`fast_cpu_kernels`, with `choice`); autocast for
+    bf16. Changes nothing beyond the context (see `keep_freed_memory` for the allocator)."""
+    with torch.inference_mode(), fast_cpu_kernels(choice), autocast(device, precision):
         yield

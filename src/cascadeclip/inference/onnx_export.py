@@ -1,8 +1,8 @@
 """ONNX export: the segmentation model as a graph that ONNX Runtime (or any ONNX runtime) can run without PyTorch.
 
 The graph takes what one sliding window needs and returns its mask logits:
-- `images` (B, 3, S, S) float32: windows of the model's size S, normalised with CLIP's mean and std
-  (`data.transforms`);
+- `images` (B, 3, S, S) float32: windows of the model's size S (or the size exported for), normalised with CLIP's
+  mean and std (`data.transforms`);
 - `text` (C, D) float32: unit-norm class embeddings (`inference.text_embeddings`);
 - `logits` (B, C, S, S) float32: the model's mask logits; `inference.predict` turns them into scores.
 B and C are free. The graph is the fast path's computation in fp32 (`CascadeCLIP.set_fast_path`), which is the
@@ -40,10 +40,11 @@ def require_packages(names: tuple[str, ...]) -> None:
         )
 
 
-def export_onnx(model: CascadeCLIP, path: str | Path) -> None:
-    """Write `model` as an ONNX graph to `path` (atomically); the model itself is left as it was."""
+def export_onnx(model: CascadeCLIP, path: str | Path, window: int | None = None) -> None:
+    """Write `model` as an ONNX graph for windows of `window` (default: the model's image size) to `path`
+    (atomically); the model itself is left as it was."""
     require_packages(EXPORT_PACKAGES)
-    window = model.cfg.image_encoder.image_size
+    window = window or model.cfg.image_encoder.image_size
     graph_model = copy.deepcopy(model).float().eval().set_fast_path(True)
     # Example inputs of two windows and three classes: sizes of 1 would be taken for constants.
     images = torch.zeros(2, 3, window, window)
@@ -70,6 +71,7 @@ def onnx_runtime_session(path: str | Path, threads: int | None = None):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the cores free
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
