@@ -14,7 +14,7 @@ as one line each, prefixed like errors.
 The command tunes the memory allocation of its own process (a library leaves this to its caller): PyTorch's
 transparent huge pages for CPU tensors of 2 MB and more (`THP_MEM_ALLOC_ENABLE=1`, unless the user set it), and
 glibc keeps freed memory for reuse (`inference.fast_path.keep_freed_memory`). Large activations are otherwise
-faulted in page by page on every forward (measured effect: benchmarks/README.md).
+faulted in page by page on every forward (measured effect: benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block of 128 kB and more (up to 32 MB, adjusted as it goes) afresh and unmaps it when
     it is freed, and returns the top of its heap beyond 128 kB, so each forward pays the page faults of its large
     activations again. After this call every block comes from the heap, which keeps up to 1 GiB of free memory
-    (measured effect: benchmarks/README.md). The setting is process-wide and lasts, so nothing here calls it on its
+    (measured effect: benchmarks/NOTES.md). The setting is process-wide and lasts, so nothing here calls it on its
     own: the `cascade-clip` command does for its own process, `Segmenter(keep_freed_memory=True)` when asked.
     """
     return _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, 2**30)

@@ -71,7 +71,7 @@ class CascadeCLIP(nn.Module):
         maps, global_embedding = self.backbone(images)
         if self.fast_path:
             # Mask logits are small differences between classes of larger dot products: the head keeps fp32 under
-            # bf16 autocast (agreement measured in benchmarks/README.md).
+            # bf16 autocast (agreement measured in benchmarks/NOTES.md).
             with torch.autocast(images.device.type, enabled=False):
                 logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
                 return upsample(logits, images.shape[-2:])
