@@ -44,7 +44,7 @@ from PIL import Image
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_image
 from cascadeclip.data.transforms import test_image_tensor
-from cascadeclip.factory import load_checkpoint
+from cascadeclip.factory import load_checkpoint, load_text_encoder
 from cascadeclip.inference.fast_path import fast_inference, keep_freed_memory, training_kernels
 from cascadeclip.inference.kernel_choice import KernelChoice
 from cascadeclip.inference.onnx_export import (
@@ -212,12 +212,16 @@ def bf16_agreement(model: CascadeCLIP, images: list[torch.Tensor], text: torch.T
     return {"fast path (head in fp32)": same / pixels, "head in bf16 too": head_bf16_same / pixels, "pixels": pixels}
 
 
-def trained_agreement(checkpoint: Path, data_root: Path, images: int, choice: KernelChoice) -> dict:
-    """`bf16_agreement` of a trained checkpoint (with its class set and text tower) on its validation images."""
-    model, classes, _ = load_checkpoint(checkpoint)
+def trained_agreement(
+    checkpoint: Path, clip_weights: Path | None, data_root: Path, images: int, choice: KernelChoice
+) -> dict:
+    """`bf16_agreement` of a trained checkpoint on its validation images, with its class set and the text tower of
+    `clip_weights` (default: the checkpoint's)."""
+    model, classes, _ = load_checkpoint(checkpoint, with_text_encoder=clip_weights is None)
     if classes is None:
         raise SystemExit(f"{checkpoint} stores no class set; give a checkpoint written by `cascade-clip train`")
-    text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, model.text_encoder)
+    tower = load_text_encoder(clip_weights) if clip_weights else model.text_encoder
+    text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, tower)
     crop = model.cfg.image_encoder.image_size
     samples = list_samples(classes.dataset, data_root, "val")[:images]
     tensors = [test_image_tensor(read_image(sample.image), crop) for sample in samples]
@@ -268,6 +272,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--fps-warmup", type=int, default=5, help="FPS warm-up images (default: %(default)s)")
     parser.add_argument("--trained", type=Path, help="a trained checkpoint (e.g. the demo's) for the bf16 agreement")
     parser.add_argument("--trained-data", type=Path, help="the dataset root of --trained (its validation images)")
+    parser.add_argument("--trained-clip", type=Path, help="CLIP weights of --trained's text tower (default: its own)")
     parser.add_argument("--trained-images", type=int, default=50, help="validation images (default: %(default)s)")
     parser.add_argument("--note", default="", help="a remark for the results file, e.g. that the machine was shared")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
@@ -339,7 +344,9 @@ def main() -> None:
     print("agreement, memory, FPS ...", flush=True)
     agreement = {"random weights": bf16_agreement(model, [images], text, args.size, choice)}
     if args.trained:
-        agreement["trained"] = trained_agreement(args.trained, args.trained_data, args.trained_images, choice)
+        agreement["trained"] = trained_agreement(
+            args.trained, args.trained_clip, args.trained_data, args.trained_images, choice
+        )
     memory = measure_memory(model, images, text, choice)
     fps = measure_fps(args, cfg, {"fp32": model, "bf16": model16}, text, choice)
 
