@@ -33,9 +33,10 @@ def onednn_available() -> bool:
 
 
 class _RoutedCPUKernels(TorchFunctionMode):
-    """On CPU tensors without autograd, each operation that has an alternative kernel (`_alternative`: linear layers,
-    products with a matrix, attention, bilinear resizing) runs on the kernel `choice` found faster for its kind:
-    PyTorch's own or the alternative. Every other call is left unchanged."""
+    """On CPU tensors, each operation that has an alternative kernel runs on the kernel `choice` found faster for its
+    kind, PyTorch's own or the alternative: linear layers with or without autograd (`_LinearOnChosenKernels`), and
+    without autograd products with a matrix, attention and bilinear resizing (`_alternative`). Every other call is
+    left unchanged."""
 
     def __init__(self, choice: KernelChoice):
         super().__init__()
@@ -43,11 +44,14 @@ class _RoutedCPUKernels(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear and torch.is_grad_enabled():  # training: products on the chosen kernels, with autograd
+        if func is F.linear:
             named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
             x, weight, bias = named["input"], named["weight"], named.get("bias")
-            if x.dim() >= 2 and _plain_cpu(x, weight, bias, autograd=True):
+            if x.dim() >= 2 and _plain_cpu(x, weight, bias):
+                return _linear_on_chosen_kernel(self.choice, x, weight, bias)
+            if x.dim() >= 2 and _plain_cpu(x, weight, bias, autograd=True):  # a training step
                 return _LinearOnChosenKernels.apply(x, weight, bias, self.choice)
+            return func(*args, **kwargs)
         alternative = _alternative(func, args, kwargs)
         if alternative is not None:
             kind, name, run = alternative
@@ -65,7 +69,8 @@ _ARGUMENTS = {  # positional parameters of the routed functions
 
 
 def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[], torch.Tensor]] | None:
-    """(kind, name, call) of the alternative kernel for this call of `func`, or None when there is none.
+    """(kind, name, call) of the alternative kernel for this call of `func` (not F.linear, see `_RoutedCPUKernels`),
+    or None when there is none.
 
     The kind names the operation, dtype, thread count and shape class (sizes rounded up to a power of two) that a
     choice holds for.
@@ -79,11 +84,7 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     if func not in _ARGUMENTS:
         return None
     named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
-    if func is F.linear:
-        x, weight, bias = named["input"], named["weight"], named.get("bias")
-        if x.dim() >= 2 and _plain_cpu(x, weight, bias):
-            return _linear_kind(x, weight), "onednn", lambda: _onednn_linear(x, weight, bias)
-    elif func is F.scaled_dot_product_attention:
+    if func is F.scaled_dot_product_attention:
         q, k, v = named["query"], named["key"], named["value"]
         plain = named.get("attn_mask") is None and not any(
             named.get(n) for n in ("dropout_p", "is_causal", "enable_gqa")
@@ -130,6 +131,7 @@ def _plain_cpu(*tensors: torch.Tensor | None, autograd: bool = False) -> bool:
 
 
 def _linear_on_chosen_kernel(choice: KernelChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """F.linear(x, weight, bias) on the kernel `choice` found faster for its kind: PyTorch's or oneDNN's."""
     candidates = {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: _onednn_linear(x, weight, bias)}
     return candidates[choice.choose(_linear_kind(x, weight), candidates)]()
 
