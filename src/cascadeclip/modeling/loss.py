@@ -17,20 +17,13 @@ from ..engine.distributed import all_reduce_sum, is_distributed
 from ..utils import IGNORE_INDEX
 
 
-def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) labels in [0, C) or 255 -> (B, C, H, W) float targets, all zero on ignored pixels."""
-    valid = labels != IGNORE_INDEX
-    onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
-    return (onehot * valid.unsqueeze(1)).float()
-
-
-def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) labels -> (B, C) bool: which classes occur in each image (ignore excluded)."""
+def class_pixel_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, ...) labels in [0, C) or 255 -> (B, C) int64: pixels of each class in each image (ignore excluded)."""
     valid = labels != IGNORE_INDEX
     counts = torch.zeros(labels.shape[0], num_classes + 1, device=labels.device, dtype=torch.long)
     flat = torch.where(valid, labels, num_classes).flatten(1)
     counts.scatter_add_(1, flat, torch.ones_like(flat))
-    return counts[:, :num_classes] > 0
+    return counts[:, :num_classes]
 
 
 def pairs_per_process(total_pairs: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -45,22 +38,47 @@ def mask_normaliser(num_pairs: int, device: torch.device) -> torch.Tensor:
 
 
 def sigmoid_focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, normaliser: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    prob: torch.Tensor,
+    labels: torch.Tensor,
+    normaliser: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
 ) -> torch.Tensor:
-    """(R, P) logits and targets -> sum over rows of the per-row mean focal loss, divided by `normaliser`."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * ce * (1 - p_t) ** gamma).mean(1).sum() / normaliser
+    """Sum over (image, class) rows of the per-row mean focal loss against one-hot targets, divided by `normaliser`.
+
+    Args:
+        logits, prob: (B, C, P) logits and their sigmoid.
+        labels: (B, P) in [0, C) or 255 (ignore: a negative for every class).
+    With a binary target t the focal loss of a logit x is alpha_t * BCE(x, t) * (1 - p_t)^gamma: for t = 0,
+    (1 - alpha) * softplus(x) * sigmoid(x)^gamma; for t = 1, alpha * softplus(-x) * sigmoid(-x)^gamma. So every logit
+    is summed as a negative, and the one positive of each labelled pixel is then corrected. This is the sum over
+    one-hot targets without building them: a few passes over the (B, C, P) logits instead of a dozen, forward and
+    backward, which dominated a training step's loss.
+    """
+    negatives = (F.softplus(logits) * prob.pow(gamma)).sum() * (1 - alpha)
+    valid = labels != IGNORE_INDEX
+    index = torch.where(valid, labels, 0).unsqueeze(1)
+    x, p = logits.gather(1, index).squeeze(1), prob.gather(1, index).squeeze(1)
+    as_positive = alpha * F.softplus(-x) * (1 - p).pow(gamma)
+    as_negative = (1 - alpha) * F.softplus(x) * p.pow(gamma)
+    correction = torch.where(valid, as_positive - as_negative, 0.0).sum()
+    return (negatives + correction) / logits.shape[-1] / normaliser
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
-    """(R, P) logits and targets -> sum over rows of 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), / `normaliser`."""
-    prob = logits.sigmoid()
-    numerator = 2 * (prob * targets).sum(-1) + 1
-    denominator = prob.sum(-1) + targets.sum(-1) + 1
-    return (1 - numerator / denominator).sum() / normaliser
+def dice_loss(prob: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+    """Sum over the (image, class) rows with pixels of that class of 1 - (2 sum(p t) + 1) / (sum p + sum t + 1),
+    divided by `normaliser`; t the one-hot targets (all zero on ignored pixels), p = `prob` (B, C, P).
+
+    sum(p t) gathers each labelled pixel's probability of its own class; sum t is `counts` (B, C), the pixels of each
+    class (`class_pixel_counts`).
+    """
+    valid = labels != IGNORE_INDEX
+    index = torch.where(valid, labels, 0)
+    own = torch.where(valid, prob.gather(1, index.unsqueeze(1)).squeeze(1), 0.0)
+    overlap = torch.zeros_like(counts, dtype=prob.dtype).scatter_add(1, index, own)
+    rows = 1 - (2 * overlap + 1) / (prob.sum(-1) + counts + 1)
+    return rows[counts > 0].sum() / normaliser
 
 
 def cascade_loss(
@@ -81,13 +99,12 @@ def cascade_loss(
         {"loss_focal", "loss_dice"} (their sum is the training loss) and "num_pairs", this batch's count of
         (image, present class) pairs.
     """
-    num_classes = logits.shape[1]
-    logits = logits.float().flatten(2)
-    targets = one_hot_targets(labels, num_classes).flatten(2)
-    present = present_classes(labels, num_classes)
-    num_pairs = present.sum()
+    logits, labels = logits.float().flatten(2), labels.flatten(1)
+    counts = class_pixel_counts(labels, logits.shape[1])
+    num_pairs = (counts > 0).sum()
     if normaliser is None:
         normaliser = mask_normaliser(int(num_pairs), logits.device)
-    focal = sigmoid_focal_loss(logits.flatten(0, 1), targets.flatten(0, 1), normaliser)
-    dice = dice_loss(logits[present], targets[present], normaliser)
+    prob = logits.sigmoid()  # shared by both terms
+    focal = sigmoid_focal_loss(logits, prob, labels, normaliser)
+    dice = dice_loss(prob, labels, counts, normaliser)
     return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice, "num_pairs": num_pairs}
