@@ -19,17 +19,21 @@ import torch
 
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
 from cascadeclip.factory import load_state, read_authors_checkpoint
-from cascadeclip.inference.fast_path import fast_inference
+from cascadeclip.inference.fast_path import fast_inference, training_kernels
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
+from cascadeclip.modeling.loss import mask_normaliser
 from cascadeclip.modeling.zero_shot import training_losses
 
 from conftest import SHARED_DIR, shared_data
+from test_loss import one_hot_definition
 
 GOLDEN_DIR = Path(os.environ.get("CASCADECLIP_GOLDEN_DIR") or SHARED_DIR / "golden")
 CASES = sorted(p for p in GOLDEN_DIR.glob("*") if (p / "case.json").is_file()) if GOLDEN_DIR.is_dir() else []
 OUTPUT_ATOL = 1e-4
 LOSS_RTOL = 1e-5
+GRAD_RTOL = 1e-5
+ZERO_GRAD = 1e-7  # a gradient under this fraction of the model's largest is zero up to rounding
 
 
 def model_config(case: dict) -> ModelConfig:
@@ -120,19 +124,70 @@ def test_golden_slide_scores(golden):
         torch.testing.assert_close(scores, io["slide_scores"], atol=OUTPUT_ATOL, rtol=0)
 
 
-def test_golden_losses(golden):
-    meta, model, _, io, text = golden
+def training_copy(model: CascadeCLIP) -> CascadeCLIP:
+    """A copy in training mode with every dropout probability at 0, as the golden losses were computed."""
     model = copy.deepcopy(model).train()
-    for module in model.modules():  # the golden losses were computed with every dropout probability at 0
+    for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     for layer in model.decode_head.modules():
         if hasattr(layer, "attn_dropout"):
             layer.attn_dropout = 0.0
-    losses = training_losses(
+    return model
+
+
+def golden_training_losses(model: CascadeCLIP, meta: dict, io: dict, text: torch.Tensor) -> dict:
+    return training_losses(
         model, io["images"], io["labels"], text, meta["seen"], meta["unseen"], meta["case"]["setting"]
     )
+
+
+def assert_authors_losses(losses: dict, meta: dict, io: dict) -> None:
     assert losses["loss_focal"].item() == pytest.approx(meta["loss"]["decode.loss_mask"], rel=LOSS_RTOL)
     assert losses["loss_dice"].item() == pytest.approx(meta["loss"]["decode.loss_dice"], rel=LOSS_RTOL)
-    torch.testing.assert_close(losses["loss_focal"], io["loss_mask"], rtol=LOSS_RTOL, atol=0)
-    torch.testing.assert_close(losses["loss_dice"], io["loss_dice"], rtol=LOSS_RTOL, atol=0)
+    torch.testing.assert_close(losses["loss_focal"].detach(), io["loss_mask"], rtol=LOSS_RTOL, atol=0)
+    torch.testing.assert_close(losses["loss_dice"].detach(), io["loss_dice"], rtol=LOSS_RTOL, atol=0)
+
+
+def test_golden_losses(golden):
+    meta, model, _, io, text = golden
+    assert_authors_losses(golden_training_losses(training_copy(model), meta, io, text), meta, io)
+
+
+def test_golden_training_step_as_the_trainer_takes_it(golden):
+    """The trainer's step (fast path, linear products on the chosen kernels, the loss summed from labels) has the
+    authors' losses, and the gradients of the reference path under the loss written over one-hot targets (the
+    authors' formulation)."""
+    meta, model, _, io, text = golden
+    reference = training_copy(model)
+    losses = golden_training_losses(reference, meta, io, text)
+    normaliser = mask_normaliser(int(losses["num_pairs"]), torch.device("cpu"))
+    focal, dice = one_hot_definition(losses["logits"], losses["targets"], normaliser)
+    assert_authors_losses({"loss_focal": focal, "loss_dice": dice}, meta, io)
+    (focal + dice).backward()
+
+    trained = training_copy(model).set_fast_path(True)
+    with training_kernels("cpu"):
+        losses = golden_training_losses(trained, meta, io, text)
+        (losses["loss_focal"] + losses["loss_dice"]).backward()
+    assert_authors_losses(losses, meta, io)
+    expected = {name: p.grad for name, p in reference.named_parameters() if p.requires_grad}
+    gradients = {name: p.grad for name, p in trained.named_parameters() if p.requires_grad}
+    # The masks are the last decoder layer's attention logits: its values, output and FFN get no gradient in either.
+    assert {n for n, g in gradients.items() if g is None} == {n for n, g in expected.items() if g is None}
+    assert sum(g is not None for g in gradients.values()) > len(gradients) / 2
+    top = max(g.abs().max().item() for g in expected.values() if g is not None)
+    for name, gradient in gradients.items():
+        if gradient is None:
+            continue
+        scale = expected[name].abs().max().item()
+        if scale < ZERO_GRAD * top:
+            # Zero up to rounding, e.g. a key bias before a softmax (it shifts each query's logits alike, which
+            # softmax ignores): both must be noise of that size.
+            assert gradient.abs().max().item() < ZERO_GRAD * top, name
+            continue
+        # Float rounding (the fast path and the loss sum in another order) moved every other gradient by under 1e-6
+        # of its parameter's largest; a change of function moves them by order 1.
+        torch.testing.assert_close(
+            gradient, expected[name], rtol=GRAD_RTOL, atol=GRAD_RTOL * scale, msg=lambda m, name=name: f"{name}: {m}"
+        )
