@@ -45,7 +45,7 @@ from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_image
 from cascadeclip.data.transforms import test_image_tensor
 from cascadeclip.factory import load_checkpoint, load_text_encoder
-from cascadeclip.inference.fast_path import fast_inference, keep_freed_memory, training_kernels
+from cascadeclip.inference.fast_path import chosen_kernels, fast_inference, keep_freed_memory
 from cascadeclip.inference.kernel_choice import KernelChoice
 from cascadeclip.inference.onnx_export import (
     export_onnx,
@@ -168,7 +168,7 @@ def training_step_calls(cfg, size: int, choice: KernelChoice) -> dict:
 
     def step(fast: bool, precision: str) -> None:
         model.set_fast_path(fast).zero_grad(set_to_none=True)
-        kernels = training_kernels(CPU, choice) if fast else contextlib.nullcontext()
+        kernels = chosen_kernels(CPU, choice) if fast else contextlib.nullcontext()
         with kernels, torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses = training_losses(model, images, labels, text, classes.seen, classes.unseen, classes.setting)
             (losses["loss_focal"] + losses["loss_dice"]).backward()

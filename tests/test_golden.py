@@ -19,7 +19,7 @@ import torch
 
 from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig
 from cascadeclip.factory import load_state, read_authors_checkpoint
-from cascadeclip.inference.fast_path import fast_inference, training_kernels
+from cascadeclip.inference.fast_path import chosen_kernels, fast_inference
 from cascadeclip.inference.predict import predict_scores, seen_shift_vector
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.loss import mask_normaliser
@@ -167,7 +167,7 @@ def test_golden_training_step_as_the_trainer_takes_it(golden):
     (focal + dice).backward()
 
     trained = training_copy(model).set_fast_path(True)
-    with training_kernels("cpu"):
+    with chosen_kernels("cpu"):
         losses = golden_training_losses(trained, meta, io, text)
         (losses["loss_focal"] + losses["loss_dice"]).backward()
     assert_authors_losses(losses, meta, io)

@@ -194,9 +194,9 @@ def _channels_last_resize(arguments: dict) -> torch.Tensor:
 
 @contextlib.contextmanager
 def fast_cpu_kernels(choice: KernelChoice | None = None) -> Iterator[None]:
-    """Within the context, CPU operations without autograd run on the faster of PyTorch's kernel and an alternative,
-    as measured on this machine (`choice`, default: the process's, kept in the cache folder); a no-op where oneDNN is
-    unavailable."""
+    """Within the context, routed CPU operations (linear layers also under autograd, the others without) run on the
+    faster of PyTorch's kernel and an alternative, as measured on this machine (`choice`, default: the process's, kept
+    in the cache folder); a no-op where oneDNN is unavailable."""
     if not onednn_available():
         yield
         return
@@ -204,11 +204,9 @@ def fast_cpu_kernels(choice: KernelChoice | None = None) -> Iterator[None]:
         yield
 
 
-def training_kernels(
-    device: torch.device | str, choice: KernelChoice | None = None
-) -> contextlib.AbstractContextManager:
-    """For a training step (forward and backward): on the CPU, the products of linear layers (the output and the
-    input's gradient) on the faster kernel of this machine (`fast_cpu_kernels`); elsewhere PyTorch's own."""
+def chosen_kernels(device: torch.device | str, choice: KernelChoice | None = None) -> contextlib.AbstractContextManager:
+    """On the CPU the faster kernels of this machine (`fast_cpu_kernels`), for inference and for training steps (the
+    products of linear layers: the output and the input's gradient); elsewhere PyTorch's own, untouched."""
     return fast_cpu_kernels(choice) if torch.device(device).type == "cpu" else contextlib.nullcontext()
 
 
@@ -251,5 +249,5 @@ def fast_inference(
 ) -> Iterator[None]:
     """Autograd off; on the CPU the faster kernels of this machine (`fast_cpu_kernels`, with `choice`); autocast for
     bf16. Changes nothing beyond the context (see `keep_freed_memory` for the allocator)."""
-    with torch.inference_mode(), fast_cpu_kernels(choice), autocast(device, precision):
+    with torch.inference_mode(), chosen_kernels(device, choice), autocast(device, precision):
         yield
