@@ -10,9 +10,12 @@ It states the machine and its bounds, then measures against them, all as ratios 
   - bf16 agreement with fp32 (same class per pixel) on random weights and, with --trained, on a trained model;
   - peak memory against weights + live activations, and FPS under the paper's protocol (fewer images).
 
-    PYTHONPATH=src python benchmarks/efficiency.py --threads 2 --note "quiet machine"
-    PYTHONPATH=src python benchmarks/efficiency.py --size 224 --repeats 1 --warmup 1 --fps-images 3 --fps-warmup 1 \\
-        --train-size 224 --out /tmp/R.md    # a smoke run
+    .venv/bin/python benchmarks/efficiency.py --note "quiet machine"    # writes benchmarks/RESULTS.md and .json
+    .venv/bin/python benchmarks/efficiency.py --quick --out /tmp/R.md     # a smoke run
+
+(benchmarks/README.md: the command for the record, with a trained model.) `--quick` runs every part on a tiny model
+(width 64, 64x64 images) with one repeat each: it checks that the script works, its figures mean nothing
+(tests/test_benchmark.py runs it).
 
 Kernel choices are measured afresh in this run (not read from the cache folder), in the warm-up rounds, and listed
 in the results. Targets (issue 14) are ratios stated beside each figure; where one is not met, the measured bound is
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -41,6 +45,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from PIL import Image
 
+from cascadeclip.config import Config, ImageEncoderConfig, apply_overrides
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_image
 from cascadeclip.data.transforms import test_image_tensor
@@ -63,24 +68,37 @@ from cascadeclip.profiling.fps import generated_image_size, protocol_fps, protoc
 from cascadeclip.profiling.machine import machine_description
 from cascadeclip.profiling.memory import ActivationTracker, peak_memory, tensor_bytes
 from cascadeclip.profiling.timing import Timing, time_calls
+from cascadeclip.utils import atomic_write
 
 CPU = torch.device("cpu")
 PLAIN = "plain"  # context of a row: PyTorch's own kernels, autograd off
 AUTOGRAD = "autograd"  # context of a row: autograd on, the call sets up the rest
 
 
-def bare_vit(size: int) -> VisionTransformer:
-    """CLIP ViT-B/16 as open_clip builds it (QuickGELU, as OpenAI's), random weights, for size x size inputs."""
+def bare_vit(encoder: ImageEncoderConfig, size: int) -> VisionTransformer:
+    """The CLIP ViT of `encoder` (ViT-B/16 in every preset) as open_clip builds it (QuickGELU, as OpenAI's), random
+    weights, for size x size inputs."""
     return VisionTransformer(
         image_size=size,
-        patch_size=16,
-        width=768,
-        layers=12,
-        heads=12,
+        patch_size=encoder.patch_size,
+        width=encoder.width,
+        layers=encoder.layers,
+        heads=encoder.heads,
         mlp_ratio=4.0,
-        output_dim=512,
+        output_dim=encoder.output_dim,
         act_layer=QuickGELU,
     ).eval()
+
+
+def tiny_config(cfg: Config) -> Config:
+    """`cfg` with a tiny model (width 64, 32-d joint space, 64x64 crops, 4 prompt tokens) and test windows to match:
+    the model of a smoke run (`--quick`)."""
+    encoder = dataclasses.replace(
+        cfg.model.image_encoder, image_size=64, width=64, heads=4, output_dim=32, prompt_tokens=4
+    )
+    head = dataclasses.replace(cfg.model.head, dim=32, heads=4, ffn_dim=64)
+    test = dataclasses.replace(cfg.test, short_side=64, crop_size=64, stride=54)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_encoder=encoder, head=head), test=test)
 
 
 def bare_vit_forward(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
@@ -212,6 +230,17 @@ def bf16_agreement(model: CascadeCLIP, images: list[torch.Tensor], text: torch.T
     return {"fast path (head in fp32)": same / pixels, "head in bf16 too": head_bf16_same / pixels, "pixels": pixels}
 
 
+def run_settings(checkpoint: Path) -> tuple[Path | None, Path | None]:
+    """(data root, CLIP weights) of the training run that wrote `checkpoint`, from the config.yaml in its folder (a
+    run folder of `cascade-clip train`); None for what is not there."""
+    run_config = checkpoint.parent / "config.yaml"
+    if not run_config.is_file():
+        return None, None
+    cfg = apply_overrides(Config(), [run_config])
+    clip = Path(cfg.train.clip_weights) if cfg.train.init == "clip" else None
+    return (Path(cfg.data.root) if cfg.data.root else None), clip
+
+
 def trained_agreement(
     checkpoint: Path, clip_weights: Path | None, data_root: Path, images: int, choice: KernelChoice
 ) -> dict:
@@ -246,7 +275,7 @@ def measure_memory(model: CascadeCLIP, images: torch.Tensor, text: torch.Tensor,
 
 def measure_fps(args: argparse.Namespace, cfg, models: dict, text: torch.Tensor, choice: KernelChoice) -> dict:
     """FPS under the paper's protocol on a generated image of the dataset's most common size, per precision."""
-    result = {"image_size": list(generated_image_size(cfg))}
+    result = {"image_size": list(generated_image_size(cfg)), "short_side": cfg.test.short_side}
     for precision, model in models.items():
         with fast_inference(CPU, precision, choice):
             stream = protocol_images(cfg, args.fps_images)
@@ -254,8 +283,25 @@ def measure_fps(args: argparse.Namespace, cfg, models: dict, text: torch.Tensor,
     return result
 
 
-def parse_arguments() -> argparse.Namespace:
+QUICK_DEFAULTS = {  # --quick: every part once, at tiny sizes (explicit options still win)
+    "size": 64,
+    "train_size": 64,
+    "repeats": 1,
+    "warmup": 1,
+    "train_repeats": 1,
+    "matmul_size": 128,
+    "fps_images": 2,
+    "fps_warmup": 1,
+    "trained_images": 2,
+    "out": Path(tempfile.gettempdir()) / "cascadeclip-benchmark-quick.md",
+}
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny model and sizes, figures meaningless (see above)"
+    )
     parser.add_argument("--config", default="coco-inductive", help="preset (default: %(default)s)")
     parser.add_argument("--size", type=int, default=512, help="side of the whole-image forward (default: %(default)s)")
     parser.add_argument(
@@ -270,50 +316,78 @@ def parse_arguments() -> argparse.Namespace:
         "--fps-images", type=int, default=30, help="FPS images, warm-up included (default: %(default)s)"
     )
     parser.add_argument("--fps-warmup", type=int, default=5, help="FPS warm-up images (default: %(default)s)")
-    parser.add_argument("--trained", type=Path, help="a trained checkpoint (e.g. the demo's) for the bf16 agreement")
-    parser.add_argument("--trained-data", type=Path, help="the dataset root of --trained (its validation images)")
-    parser.add_argument("--trained-clip", type=Path, help="CLIP weights of --trained's text tower (default: its own)")
+    parser.add_argument(
+        "--trained", type=Path, help="a checkpoint written by `cascade-clip train` (e.g. the demo's) for bf16 agreement"
+    )
+    parser.add_argument(
+        "--trained-data", type=Path, help="its dataset root (default: the data root of its run's config.yaml)"
+    )
+    parser.add_argument(
+        "--trained-clip",
+        type=Path,
+        help="CLIP weights of its text tower (default: its run's train.clip_weights, else the checkpoint's own)",
+    )
     parser.add_argument("--trained-images", type=int, default=50, help="validation images (default: %(default)s)")
     parser.add_argument("--note", default="", help="a remark for the results file, e.g. that the machine was shared")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    args = parser.parse_args()
-    if (args.trained is None) != (args.trained_data is None):
-        parser.error("--trained and --trained-data go together")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"), help="results file")
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK_DEFAULTS)
+    args = parser.parse_args(argv)
+    if args.trained is not None:
+        if not args.trained.is_file():
+            parser.error(f"--trained {args.trained} not found")
+        run_data, run_clip = run_settings(args.trained)
+        args.trained_data = args.trained_data or run_data
+        args.trained_clip = args.trained_clip or run_clip
+        if args.trained_data is None:
+            parser.error(f"--trained {args.trained}: no config.yaml of its run names its data; give --trained-data")
+    if args.out.suffix != ".md":
+        parser.error(f"--out {args.out} must end in .md (the JSON file is written beside it)")
+    try:  # before the run, not after it
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: its folder cannot be made ({err.strerror})")
     return args
 
 
-def main() -> None:
-    args = parse_arguments()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
     started, load_before = time.time(), machine_description()["load_average"]
     freed_memory_kept = keep_freed_memory()  # as `cascade-clip` does for its own process
     choice = KernelChoice(None)  # measured afresh, on this run's machine state
+    agreement = {}
+    if args.trained:  # first: a checkpoint that cannot be used fails before the long part
+        print("agreement on the trained model ...", flush=True)
+        agreement["trained"] = trained_agreement(
+            args.trained, args.trained_clip, args.trained_data, args.trained_images, choice
+        )
 
     print("matrix-multiply peaks ...", flush=True)
     peaks = matmul_peaks(args.matmul_size, args.repeats)
 
-    cfg = get_preset(args.config)
+    cfg = tiny_config(get_preset(args.config)) if args.quick else get_preset(args.config)
     torch.manual_seed(0)
     model = CascadeCLIP(cfg.model).eval().requires_grad_(False)
-    vit = bare_vit(args.size).requires_grad_(False)
+    vit = bare_vit(cfg.model.image_encoder, args.size).requires_grad_(False)
     text = F.normalize(torch.randn(len(cfg.classes.names), cfg.model.head.dim), dim=-1)
     images = sample_window(args.size)
     with torch.no_grad():  # the same function, our block code
         torch.testing.assert_close(bare_vit_forward(vit, images), vit(images), atol=1e-4, rtol=1e-4)
     flops = {
-        "bare ViT-B/16": count_flops(vit, images),
+        "bare encoder": count_flops(vit, images),
         "reference path": count_flops(model.set_fast_path(False), images, text),
         "fast path": count_flops(model.set_fast_path(True), images, text),
     }
     reference = copy.deepcopy(model).set_fast_path(False)
     model16, vit16 = copy.deepcopy(model).store_encoder_in_bf16(), copy.deepcopy(vit).to(torch.bfloat16)
-    bare, fast = "bare ViT-B/16", "fast path"
+    bare, fast = "bare encoder", "fast path"
     calls = {  # row: (FLOPs of, call, context)
-        "bare ViT-B/16, PyTorch kernels, fp32": (bare, lambda: vit(images), PLAIN),
-        "bare ViT-B/16, chosen kernels, fp32": (bare, lambda: bare_vit_forward(vit, images), "fp32"),
-        "bare ViT-B/16, PyTorch kernels, bf16": (bare, lambda: vit16(images.bfloat16()), PLAIN),
-        "bare ViT-B/16, chosen kernels, bf16": (bare, lambda: bare_vit_forward(vit16, images), "bf16"),
+        "bare encoder, PyTorch kernels, fp32": (bare, lambda: vit(images), PLAIN),
+        "bare encoder, chosen kernels, fp32": (bare, lambda: bare_vit_forward(vit, images), "fp32"),
+        "bare encoder, PyTorch kernels, bf16": (bare, lambda: vit16(images.bfloat16()), PLAIN),
+        "bare encoder, chosen kernels, bf16": (bare, lambda: bare_vit_forward(vit16, images), "bf16"),
         "fast path, chosen kernels, fp32": (fast, lambda: model(images, text), "fp32"),
         "fast path, chosen kernels, bf16": (fast, lambda: model16(images, text), "bf16"),
         "reference path, PyTorch kernels, fp32": ("reference path", lambda: reference(images, text), PLAIN),
@@ -338,15 +412,10 @@ def main() -> None:
     rows = {name: {"flops_of": calls[name][0], **timing.as_dict()} for name, timing in timings.items()}
 
     print("training steps ...", flush=True)
-    train_cfg = get_preset(args.config)
-    steps = interleaved_timings(training_step_calls(train_cfg, args.train_size, choice), args.train_repeats, 1, choice)
+    steps = interleaved_timings(training_step_calls(cfg, args.train_size, choice), args.train_repeats, 1, choice)
 
     print("agreement, memory, FPS ...", flush=True)
-    agreement = {"random weights": bf16_agreement(model, [images], text, args.size, choice)}
-    if args.trained:
-        agreement["trained"] = trained_agreement(
-            args.trained, args.trained_clip, args.trained_data, args.trained_images, choice
-        )
+    agreement = {"random weights": bf16_agreement(model, [images], text, args.size, choice), **agreement}
     memory = measure_memory(model, images, text, choice)
     fps = measure_fps(args, cfg, {"fp32": model, "bf16": model16}, text, choice)
 
@@ -361,6 +430,8 @@ def main() -> None:
         },
         "args": {k: str(v) for k, v in vars(args).items()},
         "config": cfg.name,
+        "quick": args.quick,
+        "image_encoder": dataclasses.asdict(cfg.model.image_encoder),
         "classes": len(text),
         "flops": flops,
         "matmul_peak_gflops": peaks,
@@ -373,8 +444,8 @@ def main() -> None:
         "fps": fps,
     }
     markdown = render(results)
-    args.out.write_text(markdown)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    atomic_write(args.out, lambda tmp: tmp.write_text(markdown))
+    atomic_write(args.out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     print(markdown)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 
@@ -412,15 +483,17 @@ def render(r: dict) -> str:
     forward2 = train["forward of the same batch, fast path, chosen kernels, fp32"]
     flags = ", ".join(f for f, present in m["cpu_flags"].items() if present)
     amx = m["cpu_flags"].get("amx_bf16")
-    size, train_size = r["args"]["size"], r["args"]["train_size"]
-    fast_over_bare = flops["fast path"] / flops["bare ViT-B/16"]
+    size, train_size, encoder = r["args"]["size"], r["args"]["train_size"], r["image_encoder"]
+    fast_over_bare = flops["fast path"] / flops["bare encoder"]
     lines = [
         "# Efficiency benchmark",
         "",
         f"Regenerated by `benchmarks/efficiency.py` on {r['date']} ({r['wall_seconds']} s). "
         f"Configuration `{r['config']}` ({r['classes']} classes), whole-image forward of batch 1 at {size}x{size}, "
         f"random weights. {r['args']['repeats']} timed forwards per row after {r['args']['warmup']} untimed (in which "
-        "the kernel choices were measured), rows taking turns; medians.",
+        "the kernel choices were measured), rows taking turns; medians. Image encoder (and the bare encoder): CLIP "
+        f"ViT, width {encoder['width']}, {encoder['layers']} blocks, {encoder['heads']} heads, patch "
+        f"{encoder['patch_size']}, {encoder['prompt_tokens']} prompt tokens.",
         "",
         "## Machine",
         "",
@@ -432,6 +505,8 @@ def render(r: dict) -> str:
         f"memory: {r['allocator']['keep_freed_memory']} (as the `cascade-clip` command sets for its own process)",
         f"- load average before / after: {r['load_average_before']} / {m.get('load_average')}",
     ]
+    if r["quick"]:
+        lines[2:2] = ["**A smoke run (`--quick`): a tiny model, one repeat; these figures measure nothing.**", ""]
     if r["args"]["note"]:
         lines.append(f"- note: {r['args']['note']}")
     lines += [
@@ -550,8 +625,8 @@ def render(r: dict) -> str:
     lines += [
         "",
         f"Batch 1, sliding windows (stride 426/512 of the window) over a generated {h}x{w} image resized to short "
-        "side 512, resize to the original size, argmax and copy timed. The paper times 900 images after 100 warm-up "
-        f"on an RTX 3090 (18.4 FPS); here {r['args']['fps_images']} images in all.",
+        f"side {fps['short_side']}, resize to the original size, argmax and copy timed. The paper times 900 images "
+        f"after 100 warm-up on an RTX 3090 (18.4 FPS); here {r['args']['fps_images']} images in all.",
         "",
     ]
     return "\n".join(lines)
