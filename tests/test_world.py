@@ -17,8 +17,8 @@ from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_label
 from cascadeclip.factory import create_model, save_openai_archive
 from cascadeclip.world.dataset import write_dataset
-from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip
-from cascadeclip.world.scenes import class_words, render_scene, scene_rng
+from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip, pretraining_batch
+from cascadeclip.world.scenes import class_words, render_scene, scene_rng, texture
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +52,35 @@ def test_scenes_are_deterministic_with_exact_masks_and_captions():
         present = set(np.unique(scene.label).tolist()) - {0}
         assert present == {c + 1 for c in scene.classes}  # every painted object stays visible, nothing else
         assert all(WORLD_CLASSES[c] in scene.caption for c in scene.classes)
-        # Objects are saturated colours on muted backgrounds: the label map follows what was painted.
+        # Objects are saturated colours on muted backgrounds: the label map follows what was painted. (Their marks,
+        # up to half of an object, are near-white or near-black, hence the upper quartile.)
         saturation = scene.image.max(-1).astype(int) - scene.image.min(-1).astype(int)
-        assert np.median(saturation[scene.label > 0]) > 2 * np.median(saturation[scene.label == 0])
+        upper = [np.quantile(saturation[part], 0.75) for part in (scene.label > 0, scene.label == 0)]
+        assert upper[0] > 2 * upper[1]
+
+
+def test_pattern_marks_differ_in_brightness_within_a_colour():
+    """Striped marks are light, dotted and checkered marks dark, so that the patterns of one colour differ in
+    brightness as well as in layout. The same random stream gives the same shade and background to each pattern."""
+    brightness = {}
+    for pattern_index, pattern in enumerate(WORLD_PATTERNS):
+        scene = texture(scene_rng(0, "train", 0), 4 * 4 + pattern_index)  # purple, each pattern
+        assert class_words(scene.classes[0]) == ("purple", pattern) and (scene.label == scene.classes[0] + 1).all()
+        assert WORLD_CLASSES[scene.classes[0]] in scene.caption
+        brightness[pattern] = scene.image.mean()
+    assert brightness["striped"] > brightness["plain"] + 20
+    assert brightness["dotted"] < brightness["plain"] - 10 and brightness["checkered"] < brightness["dotted"] - 10
+
+
+def test_pretraining_batches_mix_textures_single_objects_and_scenes():
+    cfg = TinyClipConfig(batch_size=400)
+    _, captions = pretraining_batch(cfg, step=0)
+    single = sum(" and " not in c and "," not in c for c in captions) / len(captions)
+    # Textures and single objects name one class; scenes of 1-4 objects name one class a quarter of the time.
+    expected = (
+        cfg.texture_fraction + cfg.single_object_fraction + (1 - cfg.texture_fraction - cfg.single_object_fraction) / 4
+    )
+    assert abs(single - expected) < 0.06  # 400 draws: binomial standard deviation about 0.02
 
 
 def test_world_split_is_read_by_the_project_readers(tmp_path):

@@ -27,7 +27,7 @@ from ..data.transforms import normalize
 from ..factory import save_openai_archive
 from ..inference.text_embeddings import SINGLE_TEMPLATE
 from .cache import cached_folder
-from .scenes import WORLD_VERSION, render_scene, scene_rng, single_object
+from .scenes import WORLD_VERSION, render_scene, scene_rng, single_object, texture
 
 ARCHIVE_NAME = "tiny-clip.pt"
 
@@ -47,7 +47,13 @@ class TinyClipConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
-    single_object_fraction: float = 0.5  # share of pretraining images showing one large object
+    # What a pretraining batch shows (docs/world.md): textures (the whole image one object) and single large objects
+    # tie each caption to the pixels it names; the rest are scenes of 1-4 objects. Patch dropout hides this share of
+    # the image tokens at each step, so that the global embedding must be read off any few patches: every token
+    # learns to carry its object's class, which is what the segmentor reads.
+    texture_fraction: float = 0.3
+    single_object_fraction: float = 0.35
+    patch_dropout: float = 0.5
     zero_shot_images: int = 40  # single objects per class for the zero-shot accuracy
     seed: int = 0
 
@@ -62,6 +68,7 @@ def build_clip(cfg: TinyClipConfig) -> CLIP:
             patch_size=cfg.patch_size,
             image_size=cfg.image_size,
             head_width=cfg.head_width,
+            patch_dropout=cfg.patch_dropout,  # active in training mode only
         ),
         CLIPTextCfg(
             context_length=cfg.context_length,
@@ -83,7 +90,10 @@ def pretraining_batch(cfg: TinyClipConfig, step: int) -> tuple[torch.Tensor, lis
     images, captions = [], []
     for b in range(cfg.batch_size):
         rng = scene_rng(cfg.seed, "pretrain", step * cfg.batch_size + b)
-        if rng.uniform() < cfg.single_object_fraction:
+        kind = rng.uniform()
+        if kind < cfg.texture_fraction:
+            scene = texture(rng, int(rng.integers(len(WORLD_CLASSES))), cfg.image_size)
+        elif kind < cfg.texture_fraction + cfg.single_object_fraction:
             scene = single_object(rng, int(rng.integers(len(WORLD_CLASSES))), cfg.image_size)
         else:
             scene = render_scene(rng, cfg.image_size, num_objects=(1, 4))
