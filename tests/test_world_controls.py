@@ -27,13 +27,7 @@ from cascadeclip.world.protocol import WorldRecipe
 from cascadeclip.world.scenes import render_scene, scene_rng, single_object, texture
 from cascadeclip.world.shipped import pretrained_tiny_clip, shipped_clip, world_token_ids
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------
