@@ -48,3 +48,13 @@ def tiny_model_config(prompt_tokens: int = 4, image_size: int = 64, with_text: b
 @pytest.fixture
 def tiny_config() -> ModelConfig:
     return tiny_model_config()
+
+
+@pytest.fixture
+def one_thread():
+    """The miniature world's models are tiny: a second thread gains little, and on a busy machine it can stall
+    every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..utils import CACHE_ENV, UserError
-from ..world.protocol import CHAINS, WorldRecipe, run_seeds
+from ..world.protocol import CHAINS, Execution, WorldRecipe, run_seeds
 from ..world.report import HEADLINE, MODELS, aggregate, cell, write_report
 
 HELP = "pretrain a tiny CLIP and run the zero-shot protocol in a miniature world (CPU, minutes); writes a report"
@@ -94,8 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     started = time.time()
     announce = lambda stage: print(f"== {stage}", flush=True)  # noqa: E731
-    jobs = min(args.threads, len(CHAINS))
-    results = run_seeds(recipe, args.seeds, args.out, args.cache, announce=announce, device=args.device, jobs=jobs)
+    how = Execution(args.cache, announce=announce, device=args.device, jobs=min(args.threads, len(CHAINS)))
+    results = run_seeds(recipe, args.seeds, args.out, how)
     report = write_report(results, recipe, args.out, time.time() - started)
     stats = aggregate(results)
     for name in MODELS:

@@ -267,18 +267,21 @@ def chain_title(chain: str, iters: int) -> str:
     return f"{chain}-inductive, {iters} iterations, then {chain}-transductive, {iters // 2}"
 
 
-def run_protocol(
-    recipe: WorldRecipe,
-    out: Path,
-    cache: Path | None = None,
-    progress: bool = True,
-    announce: Callable[[str], None] = print,
-    device: str = "cpu",
-    jobs: int = 1,
-) -> ProtocolResult:
-    """Run the whole protocol; training runs go to out/runs/<name> (rewritten on every call), `jobs` of them at a
-    time (see `run_chains`). The tiny CLIP is always pretrained on the CPU, so that its cached weights are the same
-    wherever they were made."""
+@dataclass(frozen=True)
+class Execution:
+    """How the protocol runs (never what it computes)."""
+
+    cache: Path | None = None  # the cache folder; None: the project's
+    progress: bool = True  # progress bars
+    announce: Callable[[str], None] = print  # told each stage's name
+    device: str = "cpu"  # where the segmentation models train
+    jobs: int = 1  # training chains run at a time (see `run_chains`)
+
+
+def run_protocol(recipe: WorldRecipe, out: Path, how: Execution = Execution()) -> ProtocolResult:
+    """Run the whole protocol; training runs go to out/runs/<name> (rewritten on every call). The tiny CLIP is always
+    pretrained on the CPU, so that its cached weights are the same wherever they were made."""
+    cache, progress, announce = how.cache, how.progress, how.announce
     seconds = {}
     started = time.time()
 
@@ -297,7 +300,7 @@ def run_protocol(
     announce(f"control: linear probe of the tiny CLIP's tokens ({recipe.probe_images} training scenes)")
     probe = probe_control(clip_path, recipe.clip, base.model.image_encoder, data_root, recipe.probe_images, recipe.seed)
     lap("probe")
-    outcomes = run_chains(recipe, data_root, clip_path, runs, device, progress, announce, jobs)
+    outcomes = run_chains(recipe, data_root, clip_path, runs, how.device, progress, announce, how.jobs)
     lap("segmentation")
     models = [f"{variant}-{setting}" for variant in VARIANTS for setting in SETTINGS]
     chance = chance_metrics(outcomes["cascade-inductive"]["config"], recipe.seed)
@@ -317,21 +320,12 @@ def run_protocol(
     )
 
 
-def run_seeds(
-    recipe: WorldRecipe,
-    seeds: int,
-    out: Path,
-    cache: Path | None = None,
-    progress: bool = True,
-    announce: Callable[[str], None] = print,
-    device: str = "cpu",
-    jobs: int = 1,
-) -> list[ProtocolResult]:
+def run_seeds(recipe: WorldRecipe, seeds: int, out: Path, how: Execution = Execution()) -> list[ProtocolResult]:
     """The protocol for seeds recipe.seed, recipe.seed + 1, ...: each draws its own world, tiny CLIP and training.
     One seed runs in `out`, several in out/seed-<seed>."""
     results = []
     for seed in range(recipe.seed, recipe.seed + seeds):
         folder = out if seeds == 1 else out / f"seed-{seed}"
-        stage = announce if seeds == 1 else (lambda text, seed=seed: announce(f"seed {seed}: {text}"))
-        results.append(run_protocol(replace(recipe, seed=seed), folder, cache, progress, stage, device, jobs))
+        tell = how.announce if seeds == 1 else (lambda text, seed=seed: how.announce(f"seed {seed}: {text}"))
+        results.append(run_protocol(replace(recipe, seed=seed), folder, replace(how, announce=tell)))
     return results
