@@ -254,11 +254,11 @@ def run_chains(
         futures = {
             pool.submit(run_chain, chain, recipe, data_root, clip_path, runs, device, False): chain for chain in CHAINS
         }
-        outcomes = {}
+        by_chain = {}
         for future in as_completed(futures):
-            outcomes.update(future.result())
+            by_chain[futures[future]] = future.result()
             announce(f"done: {futures[future]}")
-    return outcomes
+    return {name: outcome for chain in CHAINS for name, outcome in by_chain[chain].items()}  # in the serial order
 
 
 def chain_title(chain: str, iters: int) -> str:

@@ -13,6 +13,7 @@ Pictures and curves show the first seed.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -112,9 +113,12 @@ def targets(results: list[ProtocolResult], stats: dict[str, dict]) -> list[dict]
             "bound": bound,
         }
 
-    probe_key = next(k for k in stats if k.startswith("probe the cascade's maps") and k.endswith(" class"))
-    probe = f"a linear probe of the frozen tiny CLIP's tokens (the cascade's maps) names {cell(stats[probe_key])}% of "
-    probe += "single-object tokens right"
+    probe_set = next(k[len("probe ") : -len(" class")] for k in stats if k.startswith("probe the cascade's maps"))
+    probe = (
+        f"a linear probe of the frozen tiny CLIP's tokens (the cascade's maps) names "
+        f"{cell(stats[f'probe {probe_set} class'])}% of single-object tokens right (colour "
+        f"{cell(stats[f'probe {probe_set} colour'])}%, pattern {cell(stats[f'probe {probe_set} pattern'])}%)"
+    )
     zero_shot = (
         f"the tiny CLIP's zero-shot accuracy on unseen single objects is {cell(stats['clip zero-shot unseen'])}%"
     )
@@ -316,7 +320,7 @@ def markdown(results: list[ProtocolResult], recipe: WorldRecipe, wall_time: floa
             "",
             f"Wall time {wall_time / 60:.1f} min for {n} seed{'s' if n > 1 else ''}; per seed "
             f"{cell(stats['minutes total'])} min, of which the tiny CLIP {cell(stats['minutes clip'])} min "
-            f"({'; '.join(sources)}; a cached CLIP takes seconds).",
+            f"({'; '.join(sources)}; a cached CLIP takes seconds). {machine_load()}",
             "",
             f"![predictions](predictions.png)  (seed {first.seed})",
             "",
@@ -324,6 +328,14 @@ def markdown(results: list[ProtocolResult], recipe: WorldRecipe, wall_time: floa
             "",
         ]
     )
+
+
+def machine_load() -> str:
+    """The machine's load when the report is written: wall times mean little on a machine busy with other work."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"Load average of the machine at the end (1, 5, 15 min): {load}, on {os.cpu_count()} cores."
 
 
 def prediction_picture(result: ProtocolResult, count: int = 4) -> Image.Image:
