@@ -50,6 +50,19 @@ def tiny_config() -> ModelConfig:
     return tiny_model_config()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight tiny model with a text tower, in our format with the VOC class set (voc-inductive)."""
+    from cascadeclip.config.presets import get_preset
+    from cascadeclip.factory import save_model
+    from cascadeclip.modeling.cascade_clip import CascadeCLIP
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_model(path, CascadeCLIP(tiny_model_config(with_text=True)).eval(), get_preset("voc-inductive").classes)
+    return path
+
+
 @pytest.fixture
 def one_thread():
     """The miniature world's models are tiny: a second thread gains little, and on a busy machine it can stall

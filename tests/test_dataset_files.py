@@ -295,6 +295,13 @@ def test_unreadable_dataset_files_are_reported(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_folder_named_as_a_dataset_file_is_reported(tmp_path):
+    folder = tmp_path / "mine.yaml"
+    folder.mkdir()
+    with pytest.raises(UserError, match=f"dataset file {folder} is a folder; give the path"):
+        load_dataset(folder)
+
+
 def test_a_bad_dataset_file_stops_the_commands_before_any_work(tmp_path, capsys):
     path = write_dataset_file(tmp_path, "folder: mine\nsplits: {val: {images: p, labels: m}}\nclasses: {names: []}\n")
     run_dir = tmp_path / "run"

@@ -159,7 +159,7 @@ def test_config_from_preset_yaml_and_overrides(tmp_path):
     from cascadeclip.utils import UserError
 
     (tmp_path / "small.yaml").write_text(
-        "preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n"
+        "preset: voc-inductive\ntrain:\n  iters: 50\nmodel:\n  image_encoder:\n    width: 64\n    heads: 4\n"
     )
     cfg = resolve_config(str(tmp_path / "small.yaml"), ["train.lr=0.001", "model.head.stages=[[6]]"])
     assert cfg.name == "voc-inductive" and cfg.train.iters == 50 and cfg.train.lr == 0.001

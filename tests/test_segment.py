@@ -257,7 +257,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(checkpoint, sample_folder, tm
     out = tmp_path / "out"
     good = ["--classes", "cat, dog", "--checkpoint", checkpoint]
     _fails(capsys, out, sample_folder / "nope.jpg", *good, match="nope.jpg not found")
-    _fails(capsys, out, tmp_path / "*.jpg", *good, match="no files match")
+    _fails(capsys, out, tmp_path / "*.jpg", *good, match="no image files match")
     (sample_folder / "broken.png").write_bytes((sample_folder / "coffee.png").read_bytes()[:5000])  # truncated
     _fails(capsys, out, sample_folder, *good, match="broken.png cannot be read")
     (sample_folder / "broken.png").write_text("not an image")

@@ -11,9 +11,11 @@ import torch
 from cascadeclip.cli.main import main
 from cascadeclip.config.presets import get_preset
 from cascadeclip.factory import save_model
+from cascadeclip.manifest import MANIFEST_NAME
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 
 from conftest import tiny_model_config
+from hostile import cli, refused
 from tiny_datasets import make_ade150, make_cityscapes, make_voc
 
 # Tiny images and windows for the tiny model; one template per name (150 x 15 prompts take a while on a busy CPU)
@@ -80,3 +82,28 @@ def test_suite_errors_before_any_evaluation(tmp_path, checkpoint, capsys):
     assert "split file" in err and "val.txt not found" in err and "Traceback" not in err
     assert main(["test", "voc-inductive", "--data-root", str(root)]) == 2
     assert "--checkpoint is required" in capsys.readouterr().err
+
+
+def test_suite_checks_its_outputs_and_the_checkpoint_before_evaluating(tmp_path, checkpoint, capsys):
+    root, show, afile = tmp_path / "data", tmp_path / "show", tmp_path / "afile"
+    make_voc(root, {"val": ["v1"]})
+    afile.write_text("the user's")
+    suite = ["test", "--suite", "ov", checkpoint, "--data-root", root, "--workers", "0", *FAST]
+    refused(capsys, *suite, "--out", tmp_path, match="is a folder")
+    refused(capsys, *suite, "--out", afile / "ov.json", match="afile is a file, not a folder")
+    refused(capsys, *suite, "--show-dir", afile, match="is a file, not a folder")
+    refused(capsys, *suite, "--device", "bogus", match="'bogus' is not a device name")
+    # Each set's pictures go to <show-dir>/<set>/: a file of the user's in the way is refused, not overwritten.
+    (show / "voc").mkdir(parents=True)
+    (show / "voc" / "v1.png").write_text("the user's")
+    refused(capsys, *suite, "--show-dir", show, match="would be overwritten but were not written by cascade-clip")
+    (show / "voc" / "v1.png").unlink()
+    (show / "voc21").write_text("the user's")
+    refused(capsys, *suite, "--show-dir", show, match="voc21 is a file, not a folder")
+    # A model edit the file contradicts (heads: the tensor shapes do not show it).
+    refused(capsys, *suite, "model.head.heads=2", match="model.head.heads: file 4, configuration 2")
+    assert afile.read_text() == (show / "voc21").read_text() == "the user's"
+    (show / "voc21").unlink()
+    for _ in range(2):  # the second run overwrites the pictures the first one wrote
+        assert cli(capsys, *suite, "--show-dir", show)[0] == 0
+    assert {p.name for p in (show / "voc21").iterdir()} == {"v1.png", MANIFEST_NAME}

@@ -21,7 +21,8 @@ from cascadeclip.config import Config, DataConfig, TestConfig, TrainConfig, save
 from cascadeclip.config.dataset_file import load_dataset
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples
-from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream
+from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream, augment
+from cascadeclip.data.transforms import normalize
 from cascadeclip.engine.distributed import DistInfo
 from cascadeclip.engine.run_directory import RunDirectory
 from cascadeclip.engine.schedule import learning_rate
@@ -94,6 +95,24 @@ def test_schedule_matches_the_reference_formula():
         assert learning_rate(t, cfg) == pytest.approx(expected, rel=1e-12)
     assert learning_rate(0, cfg) == pytest.approx(2e-4 * 1e-6, rel=1e-3)  # warm-up starts at ratio x lr
     assert learning_rate(1500, cfg) == pytest.approx((2e-4 - 1e-6) * 0.925**0.9 + 1e-6)
+
+
+def test_photometric_distortion_can_be_switched_off():
+    """Without the photometric step, a sample at scale 1 keeps its pixels exactly (up to the flip); with it, the same
+    random draws change them."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    label = np.zeros((32, 32), dtype=np.uint8)
+    cfg = TrainConfig(scale=(32, 32), ratio_range=(1.0, 1.0), crop_size=32, photometric_distortion=False)
+    plain = [augment(image, label, cfg, np.random.default_rng(seed))[0] for seed in range(8)]
+    source = torch.from_numpy(image).permute(2, 0, 1).float()
+    expected = normalize(source), normalize(source.flip(-1))
+    assert all(any(torch.equal(out, e) for e in expected) for out in plain)
+    distorted = [
+        augment(image, label, dataclasses.replace(cfg, photometric_distortion=True), np.random.default_rng(s))[0]
+        for s in range(8)
+    ]
+    assert any(not any(torch.equal(out, e) for e in expected) for out in distorted)
 
 
 def test_stream_is_independent_of_workers_and_processes(tmp_path):

@@ -194,8 +194,10 @@ def test_reduced_demo_over_two_seeds_reports_mean_and_spread(tmp_path):
 
 
 def test_demo_refuses_zero_seeds_before_any_work(tmp_path, capsys):
-    assert reduced_demo(tmp_path / "report", tmp_path / "cache", "--seeds", "0") == 2
-    assert "--seeds 0" in capsys.readouterr().err and not (tmp_path / "cache").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's refusal, as for every count of the command line
+        reduced_demo(tmp_path / "report", tmp_path / "cache", "--seeds", "0")
+    assert exit_info.value.code == 2 and "argument --seeds: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ClassesConfig, ModelConfig, TextEncoderConfig, merge, to_dict
+from .config import ClassesConfig, ModelConfig, TextEncoderConfig, merge, to_dict, validate
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.image_encoder import resize_positional_grid
 from .modeling.text_encoder import TextEncoder
@@ -72,6 +72,7 @@ class LoadReport:
     source: str
     skipped: list[str] = field(default_factory=list)
     kept_initial: list[str] = field(default_factory=list)
+    looks_like: list[str] = field(default_factory=list)  # presets an authors' file fits (`guess_authors_config`)
 
     def summary(self) -> str:
         lines = [f"loaded {self.source}"]
@@ -139,7 +140,20 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         raise CheckpointError(f"{path} does not hold OpenAI CLIP ViT weights (no 'visual.conv1.weight' key)")
-    return {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    check_finite(state, str(path))
+    return state
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError when any floating-point tensor holds NaN (a damaged file, or a diverged run). Infinity is
+    allowed: attention masks hold -inf on purpose."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and torch.isnan(v).any()]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN (e.g. {bad[0]}): the file is damaged, or the training that "
+            "wrote it diverged. Use another checkpoint"
+        )
 
 
 def save_openai_clip(state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -439,10 +453,39 @@ def read_model_file(
         raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is a safetensors file but not a cascadeclip model (no 'format: {FORMAT_NAME}')")
-    model_cfg = merge(ModelConfig(), json.loads(metadata["model_config"]), f"{path} model_config")
-    classes_data = json.loads(metadata.get("classes", "null"))
-    classes = merge(ClassesConfig(), classes_data, f"{path} classes") if classes_data else None
-    return model_cfg, classes, json.loads(metadata.get("info", "{}")), tensors
+    model_cfg = _metadata_config(path, metadata, "model_config", ModelConfig())
+    classes = _metadata_config(path, metadata, "classes", ClassesConfig(), optional=True)
+    info = _metadata_json(path, metadata, "info", optional=True) or {}
+    return model_cfg, classes, info, tensors
+
+
+def _metadata_json(path: Path, metadata: dict[str, str], key: str, optional: bool = False) -> dict | None:
+    """The JSON object stored under `key` in a model file's metadata (None for JSON null when `optional`)."""
+    damaged = "the file was edited or damaged: convert or save the model again"
+    if key not in metadata:
+        if optional:
+            return None
+        raise CheckpointError(f"{path}: its metadata has no {key!r}; {damaged}")
+    try:
+        data = json.loads(metadata[key])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({err}); {damaged}") from None
+    if data is None and optional:
+        return None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object, got {type(data).__name__}; {damaged}")
+    return data
+
+
+def _metadata_config(path: Path, metadata: dict[str, str], key: str, default: Any, optional: bool = False) -> Any:
+    """The typed configuration stored under `key`, checked like a configuration file (types and ranges)."""
+    data = _metadata_json(path, metadata, key, optional)
+    if data is None:
+        return None
+    try:
+        return validate(merge(default, data, key), key)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: metadata {err}; the file was edited or damaged") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,9 +514,43 @@ def load_checkpoint(
         model = CascadeCLIP(cfg)
         report = load_state(model, tensors, str(path))
         return model.eval(), classes, report
-    state, _ = read_authors_checkpoint(path)
+    state, meta = read_authors_checkpoint(path)
     model, report = model_from_authors_state(state, str(path), base, with_text_encoder)
+    report.looks_like = guess_authors_config(state, meta)
     return model, None, report
+
+
+def architecture_differences(a: ModelConfig, b: ModelConfig, keys: list[str] | None = None) -> list[str]:
+    """The architecture fields ("section.name" among `keys`; default: every field of the image encoder and the head
+    but the dropout rates, which a run may change) where model configurations `a` and `b` differ."""
+    if keys is None:
+        keys = [
+            f"{section}.{f.name}"
+            for section in ("image_encoder", "head")
+            for f in dataclasses.fields(getattr(a, section))
+            if "dropout" not in f.name
+        ]
+    return [key for key in keys if _field(a, key) != _field(b, key)]
+
+
+def _field(cfg: ModelConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def check_architecture(model: CascadeCLIP, wanted: ModelConfig, source: str, keys: list[str] | None = None) -> None:
+    """CheckpointError when the loaded `model` was built with another architecture than `wanted` (see
+    `architecture_differences`). Shapes alone cannot tell e.g. the tapped blocks or the head counts apart."""
+    differences = [
+        f"model.{key}: file {_field(model.cfg, key)}, configuration {_field(wanted, key)}"
+        for key in architecture_differences(model.cfg, wanted, keys)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{source} does not fit the configuration: {'; '.join(differences[:4])}"
+            + (" ..." if len(differences) > 4 else "")
+            + ". Use the configuration the checkpoint was trained with, or another checkpoint"
+        )
 
 
 def load_state(model: CascadeCLIP, state: dict[str, torch.Tensor], source: str) -> LoadReport:
@@ -501,6 +578,7 @@ def load_state(model: CascadeCLIP, state: dict[str, torch.Tensor], source: str) 
             f"The file looks like: {', '.join(guess) if guess else 'none of the presets'}."
         )
     _check_shapes(model, usable, source)
+    check_finite(usable, source)
     model.load_state_dict(usable, strict=True)
     return report
 
@@ -529,6 +607,8 @@ def load_segmentation_weights(
     Raises UserError naming the missing or unsuitable file, with where to get the right one.
     """
     checkpoint = Path(checkpoint).expanduser()
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a folder; give the weights file inside it")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
     if clip_weights is not None and not Path(clip_weights).expanduser().is_file():

@@ -18,21 +18,22 @@ model says "none of these".
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .config import ModelConfig, TextEncoderConfig
+from .config import ModelConfig, TestConfig, TextEncoderConfig, validate
 from .data.images import load_image
-from .data.transforms import test_image_tensor
+from .data.transforms import short_side_size, test_image_tensor
+from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
 from .inference.fast_path import encoder_in_bf16, fast_inference, use_fast_path
-from .inference.predict import predict_scores
+from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.text_encoder import TextEncoder
@@ -42,6 +43,12 @@ from .visualize import BACKGROUND_LABEL
 
 MAX_CLASSES = 255  # label PNGs hold one byte per pixel, and 255 is background
 BACKGROUND_NAME = "background"
+# CLIP reads 77 tokens, template included: a longer name would be cut short without a word (and two long names that
+# start alike would get one embedding). 200 characters are some 40 words, well inside.
+MAX_NAME_LENGTH = 200
+# Pixels of the image at inference resolution: the scores of every class are held at that size, so a 20000x5 strip,
+# whose short side becomes 512, would need hundreds of GB. 2^24 is 512 x 32768 (a 64:1 panorama).
+MAX_WORKING_PIXELS = 1 << 24
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -66,6 +73,14 @@ def check_class_names(names: list[str] | tuple[str, ...]) -> list[str]:
             f"class name number {', '.join(map(str, empty))} of {len(names)} is empty "
             "(two commas in a row, or a comma at the end?)"
         )
+    for i, name in enumerate(names):
+        if len(name) > MAX_NAME_LENGTH:
+            raise UserError(
+                f"class name number {i + 1} is {len(name)} characters long; CLIP reads only about 60 words "
+                f"(at most {MAX_NAME_LENGTH} characters are accepted): shorten it"
+            )
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise UserError(f"class name number {i + 1} ({name!r}) holds a control character (tab, newline, ...)")
     seen: dict[str, str] = {}
     for name in names:
         if name.casefold() in seen:
@@ -104,6 +119,8 @@ class Segmenter:
         mode: "slide" (512 windows, stride 426, as the authors evaluate) or "whole" (one forward per image).
         short_side: the image's short side is resized to this before inference (default: the model's crop, 512).
         crop, stride: sliding-window size and step (default: the model's crop and 426/512 of it).
+        window_batch: sliding windows run together. These five are checked as a `TestConfig` is (UserError: e.g. a
+            stride larger than the window, or a short side smaller than the window in slide mode).
         bf16: run the image encoder in bfloat16, its weights converted in place (the head stays in fp32).
         cache_dir: folder of the text-embedding cache (default: see `utils.cache_dir`).
     """
@@ -122,25 +139,32 @@ class Segmenter:
         bf16: bool = False,
         cache_dir: str | Path | None = None,
     ):
-        if mode not in ("slide", "whole"):
-            raise UserError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+        crop = model.cfg.image_encoder.image_size if crop is None else crop
+        # The inference settings as a test protocol, so that they are checked by the configuration's rules.
+        self.protocol = validate(
+            TestConfig(
+                mode=mode,
+                short_side=crop if short_side is None else short_side,
+                crop_size=crop,
+                stride=max(1, round(crop * 426 / 512)) if stride is None else stride,
+                window_batch=window_batch,
+            )
+        )
+        if crop % model.cfg.image_encoder.patch_size:
+            raise UserError(f"crop {crop} must be a multiple of the patch size {model.cfg.image_encoder.patch_size}")
         if text_encoder.cfg.output_dim != model.cfg.head.dim:
             raise CheckpointError(
                 f"the text tower's embeddings have {text_encoder.cfg.output_dim} dimensions but the "
                 f"model's class queries have {model.cfg.head.dim}: they come from different CLIPs"
             )
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = check_device(device, "device") or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The fast path computes the reference's function (fp32 logits within 1e-4, tests/test_fast_path.py).
         self.model = use_fast_path(model.eval().to(self.device))
         if bf16:
             encoder_in_bf16(self.model)
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
-        self.mode = mode
-        self.crop = crop or model.cfg.image_encoder.image_size
-        self.short_side = short_side or self.crop
-        self.stride = stride or max(1, round(self.crop * 426 / 512))
-        self.window_batch = window_batch
+        self.mode, self.short_side = mode, self.protocol.short_side
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(
             self.text_encoder, templates_for(templates), Path(cache_dir) if cache_dir else default_cache_dir()
@@ -197,8 +221,20 @@ class Segmenter:
         if background is not None and not 0 < background < 1:
             raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
         rgb = load_image(image)
+        height, width = short_side_size(rgb.height, rgb.width, self.short_side)
+        if height * width > MAX_WORKING_PIXELS:
+            raise UserError(
+                f"the image ({rgb.width}x{rgb.height}) would be {width}x{height} at inference (short side "
+                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
+                "smaller short side"
+            )
         text = self.class_embeddings(names).to(self.device)
         working = self._working_scores(rgb, text)
+        if not torch.isfinite(working).all():
+            raise UserError(
+                "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
+                "are damaged. Check the weights file (or its text tower) and the embedding cache"
+            )
         return _summarize(working, (rgb.height, rgb.width), names, background, scores, scores_dtype)
 
     def __call__(
@@ -230,22 +266,8 @@ class Segmenter:
     def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
         """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
         tensor = test_image_tensor(image, self.short_side).to(self.device)
-        height, width = tensor.shape[-2:]
         with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
-            if self.mode == "whole":  # pad (with the mean colour, 0 after normalising) to whole patches, then crop
-                patch = self.model.cfg.image_encoder.patch_size
-                tensor = F.pad(tensor, (0, -width % patch, 0, -height % patch))
-                scores = predict_scores(self.model, tensor, text, mode="whole")[..., :height, :width]
-            else:
-                scores = predict_scores(
-                    self.model,
-                    tensor,
-                    text,
-                    mode="slide",
-                    crop=self.crop,
-                    stride=self.stride,
-                    window_batch=self.window_batch,
-                )
+            scores = protocol_scores(self.model, tensor, text, None, self.protocol)
         return scores[0].float()
 
 

@@ -5,6 +5,7 @@ Imports nothing heavy: the command line imports it before it chooses PyTorch's a
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -33,18 +34,39 @@ class UserError(ValueError):
     """
 
 
+# Errors of a write that the user can act on (space, permissions, a read-only disk), as opposed to bugs.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+# Temporary files of `atomic_write` are named `.cascadeclip-XXXXXXXX.tmp` (25 bytes): short, so that any name that
+# fits the file system fits its temporary file too.
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".cascadeclip-", ".tmp"
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`."""
+    """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`.
+
+    Nothing is left behind when the write fails: `path` keeps its previous content (or stays absent). A full disk
+    or a folder that cannot be written raises UserError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            raise UserError(
+                f"no space left to write {path} ({err.strerror}); nothing of it was kept. Free some space, or write "
+                "somewhere else, and run again"
+            ) from err
+        if isinstance(err, OSError) and err.errno in _NOT_ALLOWED:
+            raise UserError(f"cannot write {path} ({err.strerror}); choose a location you can write to") from err
         raise
 
 

@@ -140,6 +140,8 @@ def label_anchors(
     """
     step = max(1, -(-max(labels.shape) // max_side))
     small = labels[step // 2 :: step, step // 2 :: step]
+    if min(small.shape) == 0:  # a strip thinner than the subsampling step: no region is deep enough for a name
+        return {}
     anchors = {}
     for c in classes:
         mask, depth = small == c, 0

@@ -29,6 +29,7 @@ from ..config import Config, TextEncoderConfig
 from ..config.presets import resolve_config
 from ..inference.fast_path import PRECISIONS, encoder_in_bf16, fast_inference, use_fast_path
 from ..modeling.cascade_clip import CascadeCLIP
+from ..outputs import check_output_file
 from ..profiling.flops import count_flops
 from ..profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
 from ..profiling.machine import machine_description
@@ -36,6 +37,7 @@ from ..profiling.memory import peak_memory, tensor_bytes
 from ..profiling.parameters import ParameterCounts, authors_parameter_counts, count_parameters
 from ..profiling.timing import time_calls
 from ..utils import UserError, atomic_write
+from .options import non_negative_int, positive_int
 
 HELP = "measure parameters, FLOPs, latency, FPS (the paper's protocol) and peak memory of a configuration"
 
@@ -51,40 +53,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", nargs="+", choices=("cpu", "cuda"), help="default: cpu, and cuda when present")
     parser.add_argument("--precision", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument(
-        "--size", type=int, help="side of the whole-image forward (default: model.image_encoder.image_size)"
+        "--size", type=positive_int, help="side of the whole-image forward (default: model.image_encoder.image_size)"
     )
     parser.add_argument("--data-root", help="dataset root: FPS on its validation images (default: generated images)")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         nargs=2,
         metavar=("H", "W"),
         help="size of the generated images (default: the dataset's most common size)",
     )
     parser.add_argument(
-        "--images", type=int, default=1000, help="images run for FPS, warm-up included (default: %(default)s)"
+        "--images", type=positive_int, default=1000, help="images run for FPS, warm-up included (default: %(default)s)"
     )
-    parser.add_argument("--warmup", type=int, default=100, help="first FPS images not timed (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed forwards for the latency (default: %(default)s)")
     parser.add_argument(
-        "--latency-warmup", type=int, default=3, help="untimed forwards before them (default: %(default)s)"
+        "--warmup", type=non_negative_int, default=100, help="first FPS images not timed (default: %(default)s)"
     )
-    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=20, help="timed forwards for the latency (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--latency-warmup", type=non_negative_int, default=3, help="untimed forwards before them (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     parser.add_argument("--reference", action="store_true", help="time the reference computation, not the fast path")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--json", dest="json_file", help="also write the results to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.images <= args.warmup or args.warmup < 0:
-        raise UserError(f"--images ({args.images}) must exceed --warmup ({args.warmup}), which must be >= 0")
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.images <= args.warmup:
+        raise UserError(f"--images ({args.images}) must exceed --warmup ({args.warmup})")
+    if args.json_file:
+        check_output_file(args.json_file, "--json")
     cfg = resolve_config(args.config, args.overrides)
     if not cfg.classes.names:
         raise UserError(f"configuration {args.config!r} has no classes (classes.names); FLOPs depend on their number")
+    size = cfg.model.image_encoder.image_size if args.size is None else args.size
+    if size % cfg.model.image_encoder.patch_size:
+        raise UserError(f"--size {size} must be a multiple of the patch size {cfg.model.image_encoder.patch_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [torch.device(d) for d in (args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))]
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device")
@@ -92,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model = CascadeCLIP(cfg.model).eval()
     text = torch.nn.functional.normalize(torch.randn(len(cfg.classes.names), cfg.model.head.dim), dim=-1)
-    size = args.size or cfg.model.image_encoder.image_size
     results = {
         "config": cfg.name,
         "machine": machine_description(),

@@ -11,6 +11,7 @@ from ..config.dataset_file import BUILTIN_DATASETS, DatasetSpec, load_dataset
 from ..data.check import SplitReport, check_split
 from ..data.datasets import DATA_ROOT_ENV, data_root, split_present
 from ..utils import UserError
+from .options import non_negative_int
 
 HELP = "check a dataset root: images and labels per split, missing files, unreadable labels, values out of range"
 SHOWN = 10  # problems listed per kind; the rest are counted
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decode-images", action="store_true", help="decode every image in full to find truncated files (slower)"
     )
-    parser.add_argument("--workers", type=int, default=0, help="processes reading files (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="processes reading files (default: %(default)s)"
+    )
 
 
 def _listing(title: str, items: list[str]) -> list[str]:

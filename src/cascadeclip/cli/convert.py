@@ -15,6 +15,7 @@ from ..factory import (
     save_model,
     save_openai_clip,
 )
+from ..outputs import check_output_file
 from ..utils import UserError
 
 HELP = "convert an authors' Cascade-CLIP .pth or OpenAI's CLIP .pt to safetensors (reads a pickle: trusted files only)"
@@ -47,15 +48,23 @@ def _convert_clip(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".safetensors":
         raise UserError(f"output {args.output} must end in .safetensors")
+    check_output_file(args.output, "output")
     if not args.source.is_file():
-        raise UserError(f"{args.source} not found")
+        raise UserError(f"{args.source} not found" if not args.source.exists() else f"{args.source} is not a file")
+    if args.output.exists() and args.output.resolve() == args.source.resolve():
+        raise UserError(f"output {args.output} is the source itself; give another name")
     if args.source.suffix != ".pth" and _convert_clip(args):
         return 0
     state, meta = read_authors_checkpoint(args.source)
+    guesses = guess_authors_config(state, meta)
     if args.preset:
+        if guesses and args.preset not in guesses:
+            raise UserError(
+                f"{args.source} does not look like {args.preset}: its prompt tokens and loss weights fit "
+                f"{', '.join(guesses)}. Give one of those to --preset, or leave --preset out"
+            )
         preset = get_preset(args.preset)
     else:
-        guesses = guess_authors_config(state, meta)
         preset = get_preset(guesses[0]) if len(guesses) == 1 else None
         if preset is None:
             print(

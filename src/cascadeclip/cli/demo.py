@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..utils import CACHE_ENV, UserError
+from ..engine.distributed import check_device
+from ..outputs import check_output_folder
+from ..utils import CACHE_ENV
 from ..world.protocol import CHAINS, Execution, WorldRecipe, run_seeds
 from ..world.report import HEADLINE, MODELS, aggregate, cell, write_report
+from .options import non_negative_int, positive_int
 
 HELP = "pretrain a tiny CLIP and run the zero-shot protocol in a miniature world (CPU, minutes); writes a report"
 
@@ -33,21 +36,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report folder (default: %(default)s); its runs/ subfolder is rewritten",
     )
     parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="world, pretraining and training seed (the first of --seeds)"
+        "--seed",
+        type=non_negative_int,
+        default=defaults.seed,
+        help="world, pretraining and training seed (the first of --seeds)",
     )
     parser.add_argument(
-        "--seeds", type=int, default=1, help="run the protocol for this many seeds, from --seed on (default: 1)"
+        "--seeds",
+        type=positive_int,
+        default=1,
+        help="run the protocol for this many seeds, from --seed on (default: 1)",
     )
     parser.add_argument("--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/cascadeclip)")
-    parser.add_argument("--iters", type=int, default=defaults.iters, help="inductive iterations (default: %(default)s)")
     parser.add_argument(
-        "--clip-steps", type=int, default=defaults.clip_steps, help="tiny CLIP pretraining steps (default: %(default)s)"
+        "--iters", type=positive_int, default=defaults.iters, help="inductive iterations (default: %(default)s)"
     )
-    parser.add_argument("--train-images", type=int, default=defaults.train_images, help="default: %(default)s")
-    parser.add_argument("--val-images", type=int, default=defaults.val_images, help="default: %(default)s")
+    parser.add_argument(
+        "--clip-steps",
+        type=positive_int,
+        default=defaults.clip_steps,
+        help="tiny CLIP pretraining steps (default: %(default)s)",
+    )
+    parser.add_argument("--train-images", type=positive_int, default=defaults.train_images, help="default: %(default)s")
+    parser.add_argument("--val-images", type=positive_int, default=defaults.val_images, help="default: %(default)s")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=available_cores(),
         help="cores to use (default: those available to this process, %(default)s): the training runs go to as many "
         "processes of one thread each, so that their numbers do not depend on this value",
@@ -70,9 +84,10 @@ def available_cores() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    for option, value in (("--threads", args.threads), ("--seeds", args.seeds)):
-        if value < 1:
-            raise UserError(f"{option} {value}: give at least 1")
+    check_device(args.device)
+    check_output_folder(args.out, "--out")
+    if args.cache is not None:
+        check_output_folder(args.cache, "--cache")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

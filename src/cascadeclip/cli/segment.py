@@ -8,9 +8,14 @@ For each input image `NAME.ext` the output folder gets:
 - `NAME.json`: per class its colour, pixel share, mean score over its pixels and highest score anywhere;
 - `NAME_scores.npz` with --scores: per-class probability maps (float16, compressed, at the image's resolution).
 
-Everything is checked before anything is written (class names, that every image exists and decodes, the weights).
-Each file is written atomically and the JSON last, so an interrupted run resumes: images whose JSON records the
-same settings are skipped.
+Everything is checked before anything is written (class names, the options, the output folder, that every image
+exists and decodes, the weights). Only files this command wrote are ever overwritten: the output folder keeps a list
+of them (`manifest.Manifest`), and an output name taken by any other file (the user's own `cat_overlay.png`, say)
+stops the run before it starts. Folders and patterns given as inputs leave out the files on such a list.
+
+Each file is written atomically and the JSON last, so an interrupted run resumes: an image is skipped when its JSON
+records the same settings, the same weights files (path, size, modification time) and the same input (size,
+modification time); an image or weights file replaced at the same path is segmented again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,10 +34,14 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from ..data.images import IMAGE_SUFFIXES, load_image
+from ..engine.distributed import check_device
 from ..factory import WEIGHTS_HELP
+from ..manifest import Manifest
+from ..outputs import check_name, check_output_folder
 from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
 from ..utils import UserError, atomic_write
 from ..visualize import BACKGROUND_LABEL, IGNORE_COLOR, palette, segmentation_overlay
+from .options import positive_int
 
 HELP = "segment images with any class names (writes label PNGs, overlays with a legend, JSON summaries)"
 
@@ -87,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help='embed names with "a photo of a {}" only, instead of the 15-template ensemble',
     )
-    parser.add_argument("--short-side", type=int, help="resize the short side to this before inference (default: 512)")
+    parser.add_argument(
+        "--short-side", type=positive_int, help="resize the short side to this before inference (default: 512)"
+    )
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument(
         "--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)"
@@ -98,38 +110,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_class_names(args: argparse.Namespace) -> list[str]:
     if args.classes is not None:
         return check_class_names(parse_class_names(args.classes))
-    try:
-        lines = args.classes_file.read_text(encoding="utf-8").splitlines()
+    if args.classes_file.is_dir():
+        raise UserError(f"--classes-file {args.classes_file} is a folder; give a text file with one name per line")
+    try:  # utf-8-sig: a byte-order mark (as some editors write) is not part of the first name
+        lines = args.classes_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read the class file {args.classes_file}: {err}") from None
     return check_class_names([line for line in lines if line.strip()])
 
 
-def find_images(inputs: list[str], out: Path) -> list[Path]:
+def find_images(inputs: list[str]) -> list[Path]:
     """Image paths from files, folders (images directly inside) and glob patterns, in the order given.
 
-    Folders and patterns leave out this command's own pictures in `out`, so that a rerun into the input folder does
-    not segment its overlays.
+    Folders and patterns take only files with an image suffix (saying how many others they left out) and leave out
+    the files cascade-clip wrote (listed in their folder's manifest), so that a rerun into the input folder does not
+    segment its own overlays.
     """
+    manifests: dict[Path, set[str]] = {}
 
-    def wanted(p: Path) -> bool:
-        own_output = p.parent.resolve() == out.resolve() and p.name.endswith(("_labels.png", "_overlay.png"))
-        return p.is_file() and not own_output
+    def ours(p: Path) -> bool:
+        if p.parent not in manifests:
+            manifests[p.parent] = Manifest(p.parent).names()
+        return p.name in manifests[p.parent]
+
+    def images_among(candidates: list[Path], source: str) -> list[Path]:
+        files = [p for p in candidates if p.is_file() and not ours(p)]
+        images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(images) < len(files):
+            print(
+                f"note: {source}: left out {len(files) - len(images)} file(s) without an image suffix", file=sys.stderr
+            )
+        return images
 
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and wanted(p))
+            images = images_among(list(path.iterdir()), f"folder {path}")
             if not images:
                 raise UserError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found += images
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise UserError(f"input {path} is not a regular file (a pipe, a device?); give image files or folders")
+        elif path.is_symlink():
+            raise UserError(f"input {path} is a symbolic link that leads nowhere (or to itself)")
         elif any(c in item for c in "*?["):
-            images = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if wanted(p))
+            images = images_among([Path(p) for p in glob.glob(str(path), recursive=True)], item)
             if not images:
-                raise UserError(f"no files match {item}")
+                raise UserError(f"no image files match {item}")
             found += images
         else:
             raise UserError(f"input {path} not found")
@@ -156,17 +186,35 @@ def output_paths(out: Path, image: Path, with_scores: bool) -> dict[str, Path | 
     }
 
 
-def is_done(paths: dict[str, Path | None], settings: dict) -> bool:
-    """True when the image's summary exists, records the same settings, and all its files exist."""
+def file_identity(path: Path) -> dict[str, Any]:
+    """What tells a file's content apart cheaply: its path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "modified_ns": stat.st_mtime_ns}
+
+
+def is_done(paths: dict[str, Path | None], settings: dict, source: dict) -> bool:
+    """True when the image's summary exists, records the same settings and the same input file (`file_identity`),
+    and all its files exist."""
     try:
         summary = json.loads(paths["summary"].read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("settings") == settings and all(p.is_file() for p in paths.values() if p is not None)
+    return (
+        isinstance(summary, dict)
+        and summary.get("settings") == settings
+        and summary.get("source") == source
+        and all(p.is_file() for p in paths.values() if p is not None)
+    )
 
 
 def write_outputs(
-    image_path: Path, image: Image.Image, prediction: Prediction, paths: dict, colors: np.ndarray, settings: dict
+    image_path: Path,
+    image: Image.Image,
+    prediction: Prediction,
+    paths: dict,
+    colors: np.ndarray,
+    settings: dict,
+    source: dict,
 ) -> None:
     """The label PNG, the overlay, the scores if asked for, and last the JSON summary; each written atomically."""
     names = prediction.names
@@ -218,8 +266,10 @@ def write_outputs(
         },
         "files": {k: p.name for k, p in paths.items() if p is not None and k != "summary"},
         "settings": settings,
+        "source": source,
     }
-    atomic_write(paths["summary"], lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    atomic_write(paths["summary"], lambda tmp: tmp.write_text(text))
 
 
 def build_segmenter(args: argparse.Namespace) -> Segmenter:
@@ -257,12 +307,21 @@ def run(args: argparse.Namespace) -> int:
             f"note: with one class and no --background every pixel is {names[0]!r}; add --background or more names",
             file=sys.stderr,
         )
-    images = find_images(args.inputs, args.out)
+    check_device(args.device)
+    out = check_output_folder(args.out, "--out")
+    manifest = Manifest(out)
+    images = find_images(args.inputs)
+    plan = {image: output_paths(out, image, args.scores) for image in images}
+    outputs = [p for paths in plan.values() for p in paths.values() if p is not None]
+    for path in outputs:
+        check_name(path.name, f"output {path}")
+    manifest.refuse_foreign(outputs, "--out")
     segmenter = build_segmenter(args)
+    manifest.claim(outputs, "--out")
     settings = {
         "classes": names,
-        "checkpoint": "random" if args.random_weights else str(args.checkpoint.resolve()),
-        "clip_weights": str(args.clip_weights.resolve()) if args.clip_weights else None,
+        "checkpoint": "random" if args.random_weights else file_identity(args.checkpoint),
+        "clip_weights": file_identity(args.clip_weights) if args.clip_weights else None,
         "templates": segmenter.templates,
         "mode": segmenter.mode,
         "short_side": segmenter.short_side,
@@ -271,14 +330,14 @@ def run(args: argparse.Namespace) -> int:
     }
     colors = palette(len(names))
     done = 0
-    for image_path in tqdm(images, desc="segment", unit="image", disable=len(images) < 2):
-        paths = output_paths(args.out, image_path, args.scores)
-        if not args.overwrite and is_done(paths, settings):
+    for image_path, paths in tqdm(plan.items(), desc="segment", unit="image", disable=len(images) < 2):
+        source = file_identity(image_path)
+        if not args.overwrite and is_done(paths, settings, source):
             done += 1
             continue
         image = load_image(image_path)
         prediction = segmenter.predict(image, names, args.background, scores=args.scores, scores_dtype=np.float16)
-        write_outputs(image_path, image, prediction, paths, colors, settings)
+        write_outputs(image_path, image, prediction, paths, colors, settings, source)
     skipped = f" ({done} already done, skipped)" if done else ""
     print(
         f"segmented {len(images)} image(s) into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"

@@ -18,15 +18,20 @@ from typing import Any
 
 import torch
 
-from ..config import Config, to_dict
-from ..config.presets import resolve_config
+from ..config import ClassesConfig, Config, to_dict
+from ..config.presets import PRESETS, get_preset, resolve_config, starting_point
 from ..data.datasets import read_image
-from ..engine.distributed import DistInfo, cleanup, init_distributed
+from ..data.eval_dataset import EvalDataset
+from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table
-from ..factory import load_checkpoint
+from ..factory import LoadReport, architecture_differences, check_architecture, load_checkpoint
+from ..manifest import Manifest
+from ..modeling.cascade_clip import CascadeCLIP
+from ..outputs import check_output_file, check_output_folder
 from ..utils import UserError, atomic_write
+from .options import non_negative_int
 
 HELP = "evaluate a checkpoint on a dataset split: per-class IoU, mIoU(seen), mIoU(unseen), hIoU"
 
@@ -63,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenAI ViT-B-16.pt: its text tower embeds the class names when no .npy is found",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -86,12 +91,39 @@ def _picture_writer(show_dir: Path | None, cfg: Config):
     return write
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """UserError, before any work, when the device or an output location (--out, --show-dir) is unusable."""
+    check_device(args.device)
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.show_dir:
+        check_output_folder(args.show_dir, "--show-dir")
+
+
+def _refuse_foreign_pictures(show_dir: Path | None, dataset: EvalDataset) -> list[Path]:
+    """The pictures `dataset` will write into `show_dir`; UserError when a file of the user's has one of their
+    names (it would be overwritten), checked before the model is loaded."""
+    if show_dir is None:
+        return []
+    pictures = [show_dir / f"{sample.name}.png" for sample in dataset.samples]
+    Manifest(show_dir).refuse_foreign(pictures, "--show-dir")
+    return pictures
+
+
+def _claim_pictures(show_dir: Path | None, pictures: list[Path]) -> None:
+    if show_dir is not None:
+        Manifest(show_dir).claim(pictures, "--show-dir")
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str, Any]:
     dataset = evaluation_share(cfg, args.data_root, args.split)  # a missing root or split file fails before the load
+    pictures = _refuse_foreign_pictures(args.show_dir, dataset)
     model, stored_classes, report = load_checkpoint(args.checkpoint, base=cfg.model)
+    trained_for = _check_checkpoint_fits(args, cfg, model, stored_classes, report)
     text, text_source = class_text(cfg, model, args.clip_weights)
     model.text_encoder = None  # not needed any more; frees its memory
     model.to(info.device)
+    _claim_pictures(args.show_dir, pictures)
     if info.is_main:
         print(report.summary())
         print(f"class embeddings: {text_source}")
@@ -102,6 +134,11 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
             print(
                 f"note: the checkpoint was trained for {stored_classes.dataset} ({stored_classes.setting}); "
                 f"evaluating {cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}"
+            )
+        elif trained_for and cfg.classes.dataset not in trained_for:
+            print(
+                f"note: the checkpoint looks trained for {' or '.join(report.looks_like)}; evaluating "
+                f"{cfg.classes.dataset} classes with the {cfg.classes.setting} protocol of {cfg.name}"
             )
         share = f" over {info.world_size} processes" if info.world_size > 1 else ""
         print(
@@ -122,12 +159,35 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
     return results | {"embeddings": text_source}
 
 
+def _check_checkpoint_fits(
+    args: argparse.Namespace, cfg: Config, model: CascadeCLIP, stored: ClassesConfig | None, report: LoadReport
+) -> set[str]:
+    """The dataset(s) the checkpoint may have been trained on (stored with it, or told by an authors' file's
+    shapes); UserError when it cannot be what the configuration evaluates.
+
+    What the user changed in the model configuration must be what the file holds (e.g. tap_blocks, heads: tensor
+    shapes do not show them); the rest comes from the file. A zero-shot configuration (one with unseen classes)
+    evaluates a model trained on its own dataset; cross-dataset evaluation has presets without unseen classes.
+    """
+    edited = architecture_differences(cfg.model, starting_point(args.config).model)
+    check_architecture(model, cfg.model, str(args.checkpoint), edited)
+    trained_for = {stored.dataset} if stored else {PRESETS[name].classes.dataset for name in report.looks_like}
+    if len(trained_for) == 1 and cfg.classes.dataset not in trained_for and cfg.classes.unseen:
+        raise UserError(
+            f"{args.checkpoint} was trained on {next(iter(trained_for))}, but {cfg.name} scores the zero-shot split "
+            f"of {cfg.classes.dataset}: give a checkpoint trained on {cfg.classes.dataset}, or the configuration it "
+            "was trained with (cross-dataset evaluation has its own presets, e.g. coco-to-voc)"
+        )
+    return trained_for
+
+
 def run(args: argparse.Namespace) -> int:
     if args.suite:
         return _run_suite(args)
     if args.checkpoint is None:
         raise UserError("--checkpoint is required: the weights to evaluate (our .safetensors or an authors' .pth)")
     cfg = resolve_config(args.config, args.overrides)
+    _check_outputs(args)
     info = init_distributed(args.device)
     try:
         results = _evaluate(args, cfg, info)
@@ -145,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
                 "test": to_dict(cfg.test),
                 **results,
             }
-            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+            atomic_write(args.out, lambda tmp: tmp.write_text(text))
             print(f"wrote {args.out}")
         if args.show_dir:
             print(f"pictures in {args.show_dir}")
@@ -159,21 +220,32 @@ def _run_suite(args: argparse.Namespace) -> int:
             "(drop --checkpoint)"
         )
     checkpoint = Path(args.config)
+    _check_outputs(args)
     info = init_distributed(args.device)
     try:
         present, absent = find_suite_sets(args.suite, args.data_root, args.split, args.overrides)
-        model, _, report = load_checkpoint(checkpoint, base=present[0].cfg.model)
+        show_dirs = [args.show_dir / s.name if args.show_dir else None for s in present]
+        for show_dir in filter(None, show_dirs):  # a file of the user's named like a set's folder
+            check_output_folder(show_dir, "--show-dir")
+        pictures = [_refuse_foreign_pictures(d, s.samples) for d, s in zip(show_dirs, present, strict=True)]
+        first = present[0].cfg  # every set of a suite has the same model configuration
+        model, _, report = load_checkpoint(checkpoint, base=first.model)
+        # Model edits given as overrides must be what the file holds (tensor shapes do not show e.g. tap_blocks).
+        check_architecture(
+            model, first.model, str(checkpoint), architecture_differences(first.model, get_preset(first.name).model)
+        )
         texts = [class_text(s.cfg, model, args.clip_weights) for s in present]  # every name fails here, or none
         model.text_encoder = None
         model.to(info.device)
+        for show_dir, names in zip(show_dirs, pictures, strict=True):
+            _claim_pictures(show_dir, names)
         if info.is_main:
             print(report.summary())
             print(f"{args.suite} suite: {', '.join(s.name for s in present)}; absent: {len(absent)}")
         rows = []
-        for suite_set, (text, source) in zip(present, texts, strict=True):
+        for suite_set, (text, source), show_dir in zip(present, texts, show_dirs, strict=True):
             if info.is_main:
                 print(f"{suite_set.name}: {len(suite_set.samples)} images, class embeddings: {source}")
-            show_dir = args.show_dir / suite_set.name if args.show_dir else None
             results = evaluate(
                 model,
                 suite_set.cfg,
@@ -193,6 +265,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         if args.out:
             record = {"suite": args.suite, "checkpoint": str(checkpoint), "split": args.split, "sets": rows}
             record["absent"] = absent
-            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+            atomic_write(args.out, lambda tmp: tmp.write_text(text))
             print(f"wrote {args.out}")
     return 1 if any(row["skipped"] for row in rows) else 0

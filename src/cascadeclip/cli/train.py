@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..config.presets import resolve_config
-from ..engine.distributed import cleanup
-from ..engine.trainer import train
+from ..engine.distributed import check_device, cleanup, rank_from_environment
+from ..engine.run_directory import RunDirectory
+from ..engine.trainer import check_training_inputs, train
+from ..outputs import check_output_folder
 
 HELP = "train Cascade-CLIP (inductive or transductive) from a preset or a YAML config; resumable, torchrun-ready"
 
@@ -25,9 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg = resolve_config(args.config, overrides)
-    run_dir = args.run_dir or Path("runs") / cfg.name
+    check_device(args.device)
+    run_dir = check_output_folder(args.run_dir or Path("runs") / cfg.name, "--run-dir")
+    check_training_inputs(cfg)  # before the run folder is made for the lock
+    run_folder = RunDirectory(run_dir)
+    if args.resume:
+        run_folder.check_resumable()
+    # Under torchrun only the first process writes into the run folder, so only it holds the folder.
+    hold = run_folder.exclusive() if rank_from_environment() == 0 else contextlib.nullcontext()
     try:
-        result = train(cfg, run_dir, resume=args.resume, force=args.force, device=args.device)
+        with hold:
+            result = train(cfg, run_dir, resume=args.resume, force=args.force, device=args.device)
     finally:
         cleanup()
     print(f"finished {result.iteration} iterations; last loss {result.last_loss:.4f}; weights: {result.checkpoint}")

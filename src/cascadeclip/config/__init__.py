@@ -5,6 +5,7 @@ from .presets import PRESETS, get_preset, resolve_config
 from .schema import (
     ClassesConfig,
     Config,
+    ConfigError,
     DataConfig,
     HeadConfig,
     ImageEncoderConfig,
@@ -18,12 +19,14 @@ from .schema import (
     parse_override,
     save_yaml,
     to_dict,
+    validate,
 )
 
 __all__ = [
     "PRESETS",
     "ClassesConfig",
     "Config",
+    "ConfigError",
     "DataConfig",
     "HeadConfig",
     "ImageEncoderConfig",
@@ -39,4 +42,5 @@ __all__ = [
     "resolve_config",
     "save_yaml",
     "to_dict",
+    "validate",
 ]

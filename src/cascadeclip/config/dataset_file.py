@@ -117,6 +117,8 @@ def dataset_path(dataset: str | Path) -> Path:
     path = Path(dataset).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserError(f"dataset file {path} is a folder; give the path of the dataset's YAML file")
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         raise UserError(f"dataset file {path} not found")
     raise UserError(

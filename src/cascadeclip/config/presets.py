@@ -44,6 +44,7 @@ from .schema import (
     TrainConfig,
     apply_overrides,
     merge,
+    validate,
 )
 
 _PROMPT_TOKENS = {"voc": 10, "context": 35, "coco": 50}
@@ -158,6 +159,19 @@ def get_preset(name: str) -> Config:
     return resolved(_unresolved_preset(name))
 
 
+def starting_point(spec: str) -> Config:
+    """What the configuration `spec` starts from before its own settings and overrides: the preset itself, or the
+    preset a YAML file names (the typed defaults when it names none). Comparing the two tells what the user edited."""
+    if spec in PRESETS:
+        return get_preset(spec)
+    try:
+        data = yaml.safe_load(Path(spec).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        data = {}
+    base_name = data.get("preset") if isinstance(data, dict) else None
+    return get_preset(base_name) if base_name in PRESETS else Config()
+
+
 def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The configuration named on a command line: a preset name, or a YAML file, then `section.field=value` overrides.
 
@@ -166,7 +180,7 @@ def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Co
     """
     if spec in PRESETS:
         try:
-            return resolved(apply_overrides(_unresolved_preset(spec), overrides=overrides))
+            return validate(resolved(apply_overrides(_unresolved_preset(spec), overrides=overrides)))
         except ValueError as err:
             raise UserError(str(err)) from err
     path = Path(spec)
@@ -181,7 +195,10 @@ def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Co
     base_name = data.pop("preset", None)
     cfg = _unresolved_preset(base_name) if base_name else Config(name=path.stem)
     try:
-        cfg = merge(cfg, data, str(path))
-        return resolved(apply_overrides(cfg, overrides=overrides))
+        cfg = merge(cfg, data)
     except ValueError as err:
-        raise UserError(str(err)) from err
+        raise UserError(f"config file {path}: {err}") from err
+    try:
+        return validate(resolved(apply_overrides(cfg, overrides=overrides)))
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err

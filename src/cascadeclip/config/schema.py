@@ -3,6 +3,10 @@
 A run's configuration is a `Config`. Presets (`cascadeclip.config.presets`) fill it in for the eight configurations of
 the authors; YAML files and `key=value` command-line overrides are merged over it with `apply_overrides`, and the
 resolved result is saved beside every run as YAML.
+
+Values are checked twice: their type when merged (`merge`), their range by `validate`, which reads the rules written
+beside each field (`checked(default, rule, ...)`) and then each section's `problems()` for rules across fields. A
+ConfigError names every key that is wrong, what it must be and what it is.
 """
 
 from __future__ import annotations
@@ -11,11 +15,101 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..utils import UserError
+
+
+class ConfigError(UserError):
+    """A configuration value of the wrong type or out of range; the message names the key."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Range rules, declared beside the fields
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check of one value: `holds(value)`, and what a valid value is, for the message ("> 0")."""
+
+    holds: Callable[[Any], bool]
+    text: str
+
+
+def greater_than(low: float) -> Rule:
+    return Rule(lambda v: v > low, f"> {low}")
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low}")
+
+
+def between(low: float, high: float, high_included: bool = True) -> Rule:
+    if high_included:
+        return Rule(lambda v: low <= v <= high, f"in [{low}, {high}]")
+    return Rule(lambda v: low <= v < high, f"in [{low}, {high})")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def each(rule: Rule) -> Rule:
+    """The rule for every item of a tuple."""
+    return Rule(lambda v: all(rule.holds(x) for x in v), f"a list of values {rule.text}")
+
+
+TEMPLATES_RULE = Rule(
+    lambda v: v is None or v in ("single", "multi") or (isinstance(v, tuple) and all("{}" in t for t in v)),
+    'single, multi, or a list of templates each holding "{}"',
+)
+POSITIVE = at_least(1)
+NON_NEGATIVE = at_least(0)
+PROBABILITY = between(0.0, 1.0, high_included=False)  # dropout rates
+
+
+def checked(default: Any, *rules: Rule) -> Any:
+    """A dataclass field with a default and the rules its values must follow (read by `validate`)."""
+    return field(default=default, metadata={"rules": rules})
+
+
+def validate(cfg: Any, where: str = "") -> Any:
+    """`cfg` itself when every field follows its rules and every section's `problems()` is empty; else ConfigError
+    listing all that is wrong, each with its key (prefixed with `where`, the section's key, when given)."""
+    problems = _problems(cfg, where)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def _problems(cfg: Any, where: str) -> list[str]:
+    found = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), _key(where, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _problems(value, key)
+            continue
+        for rule in f.metadata.get("rules", ()):
+            try:
+                holds = rule.holds(value)
+            except TypeError:  # a value of another type (the typed merge lets a dataclass built in Python through)
+                holds = False
+            if not holds:
+                found.append(f"{key} must be {rule.text}, got {value!r}")
+                break
+    if not found and hasattr(cfg, "problems"):
+        found += [f"{where}: {problem}" if where else problem for problem in cfg.problems()]
+    return found
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
 
 
 @dataclass
@@ -23,15 +117,15 @@ class ImageEncoderConfig:
     """CLIP ViT with deep visual prompts (docs/method.md, Image encoder). Defaults: ViT-B/16 as in every authors'
     config."""
 
-    image_size: int = 512  # side of the training crop; the positional table is stored for this grid
-    patch_size: int = 16
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    output_dim: int = 512
-    prompt_tokens: int = 10  # T: 10 (VOC), 35 (Context), 50 (COCO and cross-dataset)
-    prompt_dropout: float = 0.1
-    tap_blocks: tuple[int, ...] = (5, 6, 7, 8, 9, 10)  # 0-indexed blocks whose outputs become feature maps
+    image_size: int = checked(512, POSITIVE)  # side of the training crop; the positional table is stored for this grid
+    patch_size: int = checked(16, POSITIVE)
+    width: int = checked(768, POSITIVE)
+    layers: int = checked(12, POSITIVE)
+    heads: int = checked(12, POSITIVE)
+    output_dim: int = checked(512, POSITIVE)
+    prompt_tokens: int = checked(10, NON_NEGATIVE)  # T: 10 (VOC), 35 (Context), 50 (COCO and cross-dataset)
+    prompt_dropout: float = checked(0.1, PROBABILITY)
+    tap_blocks: tuple[int, ...] = checked((5, 6, 7, 8, 9, 10), each(NON_NEGATIVE))  # 0-indexed blocks -> feature maps
 
     @property
     def grid_size(self) -> int:
@@ -41,6 +135,16 @@ class ImageEncoderConfig:
     def num_maps(self) -> int:
         """Number of dense maps the encoder returns: one per tap plus the final map."""
         return len(self.tap_blocks) + 1
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.image_size % self.patch_size:
+            found.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if list(self.tap_blocks) != sorted(set(self.tap_blocks)) or any(b >= self.layers for b in self.tap_blocks):
+            found.append(f"tap_blocks {self.tap_blocks} must be increasing block indices in [0, {self.layers})")
+        if self.width % self.heads:
+            found.append(f"heads ({self.heads}) must divide width ({self.width})")
+        return found
 
 
 def gaussian_stage_weights(num_maps: int) -> tuple[float, ...]:
@@ -53,26 +157,32 @@ def gaussian_stage_weights(num_maps: int) -> tuple[float, ...]:
 class HeadConfig:
     """The cascade of text-image decoders (docs/method.md, Stages and NGA, Decoders, Summed stages)."""
 
-    dim: int = 512  # must equal the encoder's output_dim
-    heads: int = 8
-    layers: int = 3  # decoder layers per stage
-    ffn_dim: int = 2048
-    dropout: float = 0.1
+    dim: int = checked(512, POSITIVE)  # must equal the encoder's output_dim
+    heads: int = checked(8, POSITIVE)
+    layers: int = checked(3, POSITIVE)  # decoder layers per stage
+    ffn_dim: int = checked(2048, POSITIVE)
+    dropout: float = checked(0.1, PROBABILITY)
     # Which encoder maps each decoder reads (indices into [tap maps..., final map]). The reference: blocks 5-7,
     # blocks 8-10, the final block. `((6,),)` is the single last-layer decoder of ZegCLIP.
-    stages: tuple[tuple[int, ...], ...] = ((0, 1, 2), (3, 4, 5), (6,))
+    stages: tuple[tuple[int, ...], ...] = checked(((0, 1, 2), (3, 4, 5), (6,)), Rule(bool, "at least one stage"))
+
+    def problems(self) -> list[str]:
+        return [f"heads ({self.heads}) must divide dim ({self.dim})"] if self.dim % self.heads else []
 
 
 @dataclass
 class TextEncoderConfig:
     """The CLIP text tower (docs/method.md, Class embeddings). Defaults: the text tower of OpenAI ViT-B/16."""
 
-    context_length: int = 77
-    vocab_size: int = 49408
-    width: int = 512
-    heads: int = 8
-    layers: int = 12
-    output_dim: int = 512
+    context_length: int = checked(77, POSITIVE)
+    vocab_size: int = checked(49408, POSITIVE)
+    width: int = checked(512, POSITIVE)
+    heads: int = checked(8, POSITIVE)
+    layers: int = checked(12, POSITIVE)
+    output_dim: int = checked(512, POSITIVE)
+
+    def problems(self) -> list[str]:
+        return [f"heads ({self.heads}) must divide width ({self.width})"] if self.width % self.heads else []
 
 
 @dataclass
@@ -83,24 +193,19 @@ class ModelConfig:
     text_encoder: TextEncoderConfig | None = None
 
     def validate(self) -> None:
-        enc, head = self.image_encoder, self.head
+        """ConfigError naming every key out of range or inconsistent (see `validate`)."""
+        validate(self, "model")
+
+    def problems(self) -> list[str]:
+        enc, head, found = self.image_encoder, self.head, []
         if enc.output_dim != head.dim:
-            raise ValueError(f"model: image_encoder.output_dim ({enc.output_dim}) must equal head.dim ({head.dim})")
+            found.append(f"image_encoder.output_dim ({enc.output_dim}) must equal head.dim ({head.dim})")
         if self.text_encoder is not None and self.text_encoder.output_dim != head.dim:
-            raise ValueError(
-                f"model: text_encoder.output_dim ({self.text_encoder.output_dim}) must equal head.dim ({head.dim})"
-            )
-        if enc.image_size % enc.patch_size:
-            raise ValueError(f"model: image_size {enc.image_size} is not a multiple of patch_size {enc.patch_size}")
-        if list(enc.tap_blocks) != sorted(set(enc.tap_blocks)) or any(not 0 <= b < enc.layers for b in enc.tap_blocks):
-            raise ValueError(
-                f"model: tap_blocks {enc.tap_blocks} must be increasing block indices in [0, {enc.layers})"
-            )
+            found.append(f"text_encoder.output_dim ({self.text_encoder.output_dim}) must equal head.dim ({head.dim})")
         for stage in head.stages:
             if not stage or any(not 0 <= m < enc.num_maps for m in stage):
-                raise ValueError(f"model: stage {stage} must be non-empty map indices in [0, {enc.num_maps})")
-        if head.dim % head.heads or enc.width % enc.heads:
-            raise ValueError("model: widths must be divisible by the number of attention heads")
+                found.append(f"head.stages: stage {stage} must be non-empty map indices in [0, {enc.num_maps})")
+        return found
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,7 +259,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return [_coerce(v, item, where) for v in value]
     if origin is dict or hint is Any or hint is dict:
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool) and hint in (int, float):  # YAML's yes/no/true are not numbers
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is float and isinstance(value, (int, float)):
         return float(value)
     if hint is Path and isinstance(value, (str, Path)):
         return Path(value)
@@ -163,19 +270,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def merge(cfg: Any, updates: dict[str, Any], where: str = "config") -> Any:
+def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
     """Return a copy of dataclass `cfg` with nested `updates` applied; unknown keys are an error."""
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
     for key, value in updates.items():
         if key not in names:
-            raise ValueError(f"{where}: unknown field {key!r}; known fields: {', '.join(sorted(names))}")
+            raise ValueError(f"{where or 'config'}: unknown field {key!r}; known fields: {', '.join(sorted(names))}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = merge(current, value, f"{where}.{key}")
+            changes[key] = merge(current, value, _key(where, key))
         else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            changes[key] = _coerce(value, hints[key], _key(where, key))
     return dataclasses.replace(cfg, **changes)
 
 
@@ -199,9 +306,15 @@ def apply_overrides(cfg: Any, yaml_files: list[Path] = (), overrides: list[str] 
             raise ValueError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-        cfg = merge(cfg, data, str(path))
+        try:
+            cfg = merge(cfg, data)
+        except ValueError as err:
+            raise ValueError(f"config file {path}: {err}") from None
     for text in overrides:
-        cfg = merge(cfg, parse_override(text), f"override {text!r}")
+        try:
+            cfg = merge(cfg, parse_override(text))
+        except ValueError as err:
+            raise ValueError(f"override {text!r}: {err}") from None
     return cfg
 
 
@@ -225,16 +338,18 @@ class ClassesConfig:
     dataset: str = "voc"  # a built-in dataset (voc, context, coco, ade150, ...) or the path of a dataset YAML file
     names: tuple[str, ...] = ()  # in label order; () = the dataset's names (others, e.g. synonyms, may replace them)
     unseen: tuple[int, ...] | None = None  # indices into `names`; the others are seen. None: the dataset's
-    setting: str = "inductive"  # inductive (seen-class queries in training) | transductive (self-training)
+    # inductive (seen-class queries in training) | transductive (self-training)
+    setting: str = checked("inductive", one_of("inductive", "transductive"))
     # Precomputed class embeddings: a file name looked up in the embeddings directory, or a path. Empty: compute
     # them with the CLIP text tower from `names` and `templates`. None: the dataset's.
     text_embeddings: str | None = None
     # single ("a photo of a {}") | multi (the 15-template ensemble) | a list of templates with "{}". None: the dataset's
-    templates: str | tuple[str, ...] | None = None
+    templates: str | tuple[str, ...] | None = checked(None, TEMPLATES_RULE)
     # A class that is not queried: predicted where no other class reaches test.background_threshold (evaluation
     # only, e.g. VOC-21's background). "" = none; None: the dataset's.
     background: str | None = None
-    seen_score_shift: float = 0.1  # subtracted from seen-class probabilities at test time, inductive setting only
+    # Subtracted from seen-class probabilities at test time, inductive setting only.
+    seen_score_shift: float = checked(0.1, between(0.0, 1.0))
 
     @property
     def seen(self) -> tuple[int, ...]:
@@ -255,11 +370,27 @@ class ClassesConfig:
     def test_seen_shift(self) -> float:
         return self.seen_score_shift if self.setting == "inductive" else 0.0
 
+    def problems(self) -> list[str]:
+        found = []
+        unseen = self.unseen or ()
+        outside = [i for i in unseen if not 0 <= i < len(self.names)]
+        if outside:
+            found.append(f"unseen {list(outside)} are not indices of the {len(self.names)} class names (0 .. n-1)")
+        if len(set(unseen)) != len(unseen):
+            found.append(f"unseen {list(unseen)} repeats an index")
+        if not self.names:
+            found.append("names must list at least one class")
+        elif any(not isinstance(n, str) or not n.strip() for n in self.names):
+            found.append("names must all be non-empty strings")
+        elif len({n.casefold() for n in self.names}) != len(self.names):
+            found.append("names repeat a class name")
+        return found
+
 
 @dataclass
 class DataConfig:
     root: str = ""  # dataset root; empty: $CASCADECLIP_DATA_ROOT, else ./datasets
-    num_workers: int = 4
+    num_workers: int = checked(4, NON_NEGATIVE)
 
 
 @dataclass
@@ -267,47 +398,76 @@ class TrainConfig:
     """The authors' recipe: AdamW at 2e-4 for every trainable parameter, poly decay after warm-up (docs/method.md,
     Training recipe)."""
 
-    iters: int = 20000
-    batch_size: int = 16  # global batch = per-device batch x processes x accumulation_steps
-    accumulation_steps: int = 1
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler)
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    poly_power: float = 0.9
-    min_lr: float = 1e-6
+    iters: int = checked(20000, POSITIVE)
+    batch_size: int = checked(16, POSITIVE)  # global batch = per-device batch x processes x accumulation_steps
+    accumulation_steps: int = checked(1, POSITIVE)
+    # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler)
+    precision: str = checked("fp32", one_of("fp32", "bf16", "fp16"))
+    lr: float = checked(2e-4, greater_than(0))
+    weight_decay: float = checked(0.01, at_least(0))
+    betas: tuple[float, float] = checked((0.9, 0.999), each(between(0.0, 1.0, high_included=False)))
+    warmup_iters: int = checked(1500, NON_NEGATIVE)
+    warmup_ratio: float = checked(1e-6, between(0.0, 1.0))
+    poly_power: float = checked(0.9, at_least(0))
+    min_lr: float = checked(1e-6, at_least(0))
     # Data pipeline (docs/method.md, Data pipeline): rescale of `scale` by a ratio in `ratio_range`, crop, flip,
     # photometric distortion.
-    scale: tuple[int, int] = (2048, 512)  # (long side, short side) box before the random ratio
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    crop_size: int = 512
-    cat_max_ratio: float = 0.75  # crops where one class covers this share of labelled pixels are redrawn
+    scale: tuple[int, int] = checked((2048, 512), each(POSITIVE))  # (long side, short side) box before the ratio
+    ratio_range: tuple[float, float] = checked((0.5, 2.0), each(greater_than(0)))
+    crop_size: int = checked(512, POSITIVE)
+    # Crops where one class covers this share of labelled pixels are redrawn (1: never).
+    cat_max_ratio: float = checked(0.75, between(0.0, 1.0))
+    # False skips the photometric step: for data whose classes are named by the very hue, saturation or contrast
+    # that it alters (the miniature world's coloured, patterned shapes).
+    photometric_distortion: bool = True
     # "clip": start from the OpenAI CLIP file `clip_weights`; "random": random weights (smoke tests only);
     # otherwise the path of a Cascade-CLIP checkpoint whose weights (only) are loaded, as the transductive runs
     # start from the inductive run at half its schedule.
     init: str = "clip"
     clip_weights: str = "ViT-B-16.pt"
-    seed: int = 0
-    checkpoint_interval: int = 0  # 0: every iters / 10, as the reference
-    keep_checkpoints: int = 3
+    seed: int = checked(0, NON_NEGATIVE)
+    checkpoint_interval: int = checked(0, NON_NEGATIVE)  # 0: every iters / 10, as the reference
+    keep_checkpoints: int = checked(3, NON_NEGATIVE)  # 0: keep every checkpoint
     # Weights also kept at these iterations: an inductive preset keeps its midpoint, where transductive runs start.
-    keep_iterations: tuple[int, ...] = ()
-    log_interval: int = 10
-    eval_interval: int = 0  # 0: no evaluation during training (the reference evaluates only at the end)
+    keep_iterations: tuple[int, ...] = checked((), each(POSITIVE))
+    log_interval: int = checked(10, POSITIVE)
+    eval_interval: int = checked(0, NON_NEGATIVE)  # 0: no evaluation during training (the reference: only at the end)
+
+    def problems(self) -> list[str]:
+        found = []
+        if len(self.ratio_range) != 2 or self.ratio_range[0] > self.ratio_range[1]:
+            found.append(f"ratio_range {self.ratio_range} must be (low, high) with low <= high")
+        if len(self.scale) != 2 or len(self.betas) != 2:
+            found.append("scale and betas hold two values each")
+        if self.min_lr > self.lr:
+            found.append(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return found
 
 
 @dataclass
 class TestConfig:
-    mode: str = "slide"  # slide | whole
-    short_side: int = 512  # test images are resized so that their short side is exactly this (long side uncapped)
-    crop_size: int = 512
-    stride: int = 426
-    window_batch: int = 8  # sliding windows of one image run together in batches of this size
+    mode: str = checked("slide", one_of("slide", "whole"))
+    # Test images are resized so that their short side is exactly this (long side uncapped).
+    short_side: int = checked(512, POSITIVE)
+    crop_size: int = checked(512, POSITIVE)
+    stride: int = checked(426, POSITIVE)
+    window_batch: int = checked(8, POSITIVE)  # sliding windows of one image run together in batches of this size
     # With a background class (classes.background): pixels where no queried class reaches this probability are
     # background. A fixed value, the `Segmenter`'s default, never tuned on the images evaluated.
-    background_threshold: float = 0.5
+    background_threshold: float = checked(0.5, between(0.0, 1.0))
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.stride > self.crop_size:
+            found.append(
+                f"stride ({self.stride}) must not exceed crop_size ({self.crop_size}): pixels would be skipped"
+            )
+        if self.mode == "slide" and self.short_side < self.crop_size:
+            found.append(
+                f"short_side ({self.short_side}) must be at least crop_size ({self.crop_size}) in slide mode: "
+                "smaller images would give windows that are not whole patches"
+            )
+        return found
 
 
 @dataclass
@@ -318,3 +478,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+
+    def problems(self) -> list[str]:
+        patch, found = self.model.image_encoder.patch_size, []
+        for key, size in (("train.crop_size", self.train.crop_size), ("test.crop_size", self.test.crop_size)):
+            if size % patch:
+                found.append(f"{key} ({size}) must be a multiple of model.image_encoder.patch_size ({patch})")
+        return found

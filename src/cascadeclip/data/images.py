@@ -1,6 +1,7 @@
 """Reading any image a user may hand over as 8-bit RGB: a path, a PIL image or a numpy array.
 
 - EXIF orientation is applied, so the result is upright as image viewers show it (its size is the displayed size).
+  A damaged EXIF block (the pixels themselves fine) is ignored with a warning: the image is used as stored.
 - Grey, bilevel, palette, CMYK and 16-bit images are converted; 16-bit values are scaled (v / 257), not clipped.
 - Transparent pixels (RGBA, LA, palette with transparency) are composited over white.
 - Multi-frame files (GIF, TIFF) give their first frame.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +27,19 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
     """An upright 8-bit RGB PIL image from a path, a PIL image or an (H, W), (H, W, 1/3/4) array.
 
     Raises UserError naming the file when it is missing or cannot be decoded, and saying what an array should
-    look like when it cannot be read as an image.
+    look like when it cannot be read as an image; an image without pixels (0 wide or high) is refused too.
     """
     if isinstance(source, np.ndarray):
         return to_rgb(array_to_image(source))
     if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source))
+        return _check_not_empty(to_rgb(upright(source, "the image")), "the image")
     if not isinstance(source, (str, Path)):
         raise TypeError(f"expected an image path, a PIL image or a numpy array, got {type(source).__name__}")
     path = Path(source).expanduser()
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so truncated files fail here and not later
-            return to_rgb(ImageOps.exif_transpose(image))
+            return _check_not_empty(to_rgb(upright(image, str(path))), f"image {path}")
     except FileNotFoundError:
         raise UserError(f"image {path} not found") from None
     except IsADirectoryError:
@@ -46,6 +48,24 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
         raise UserError(f"image {path} is too large to segment safely ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"image {path} cannot be read as an image ({err}); is it a complete image file?") from None
+
+
+def upright(image: Image.Image, name: str) -> Image.Image:
+    """`image` turned as its EXIF orientation says; as stored, with a warning, when its EXIF block is damaged."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as err:  # Pillow raises many kinds on malformed EXIF; the pixels are decoded already
+        warnings.warn(
+            f"{name}: its EXIF metadata is damaged ({type(err).__name__}: {err}); used as stored, not rotated",
+            stacklevel=3,
+        )
+        return image.copy()
+
+
+def _check_not_empty(image: Image.Image, what: str) -> Image.Image:
+    if image.width == 0 or image.height == 0:
+        raise UserError(f"{what} has no pixels ({image.width}x{image.height})")
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -76,6 +96,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             else ""
         )
         raise UserError(f"an image array must have shape (H, W) or (H, W, 1/3/4), got {array.shape}{hint}")
+    if array.size == 0:
+        raise UserError(f"the image array has no pixels (shape {array.shape})")
     if array.dtype == np.uint8:
         pixels = array
     elif array.dtype == np.uint16:

@@ -2,27 +2,34 @@
 pipeline).
 
 Pipeline per sample: random rescale -> random crop with the category-ratio rule -> horizontal flip -> photometric
-distortion -> ImageNet normalisation -> pad to the crop size (image 0, label 255).
+distortion (unless `train.photometric_distortion` is false) -> ImageNet normalisation -> pad to the crop size (image
+0, label 255).
 
 Determinism: the stream is a sequence of positions 0, 1, 2, ...; position p reads the image at index
 perm_e[p mod n] of epoch e = p // n, and augments it with a generator seeded by (seed, p). A sample therefore depends
 only on its position, never on the worker that loads it or on the number of processes, so a resumed run, a run with
 more workers, and a run split over several processes see exactly the same batches.
+
+A sample that cannot be read is not an exception inside a worker process (PyTorch would show the worker's
+traceback): it comes back as an `UnusableSample` naming the file, `collate_training` passes it on as the batch, and
+the training loop stops with its message.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import TrainConfig
 from ..config.dataset_file import DatasetSpec
-from ..utils import IGNORE_INDEX
-from .datasets import Sample, read_image, read_label
+from ..utils import IGNORE_INDEX, UserError
+from .datasets import Sample, check_sizes_match, read_image, read_label
 from .transforms import normalize
 
 
@@ -101,13 +108,27 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: TrainConfig, rng: np.rand
     img, lab = random_crop(img, lab, cfg.crop_size, cfg.cat_max_ratio, rng)
     if rng.random() < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
-    img = torch.from_numpy(photometric_distortion(img.permute(1, 2, 0).numpy(), rng)).permute(2, 0, 1)
+    if cfg.photometric_distortion:
+        img = torch.from_numpy(photometric_distortion(img.permute(1, 2, 0).numpy(), rng)).permute(2, 0, 1)
     img = normalize(img.float())
     pad_bottom, pad_right = cfg.crop_size - img.shape[1], cfg.crop_size - img.shape[2]
     if pad_bottom or pad_right:
         img = TF.pad(img, [0, 0, pad_right, pad_bottom], fill=0.0)
         lab = TF.pad(lab[None], [0, 0, pad_right, pad_bottom], fill=IGNORE_INDEX)[0]
     return img, lab.long()
+
+
+@dataclass(frozen=True)
+class UnusableSample:
+    """A training sample whose files cannot be used; `message` names the file and what is wrong."""
+
+    message: str
+
+
+def collate_training(items: list):
+    """A batch of (image, label) pairs, or the first `UnusableSample` among them."""
+    unusable = next((item for item in items if isinstance(item, UnusableSample)), None)
+    return unusable if unusable is not None else default_collate(items)
 
 
 class TrainingStream(Dataset):
@@ -131,7 +152,12 @@ class TrainingStream(Dataset):
     def __getitem__(self, position: int):
         sample = self.samples[self.sample_index(position)]
         rng = np.random.default_rng([self.cfg.seed, 1 << 32, position])
-        return augment(read_image(sample.image), read_label(sample.label, self.dataset), self.cfg, rng)
+        try:
+            image, label = read_image(sample.image), read_label(sample.label, self.dataset)
+            check_sizes_match(image.shape[:2], label, sample.label)
+        except UserError as err:
+            return UnusableSample(str(err))
+        return augment(image, label, self.cfg, rng)
 
 
 class StreamSampler(Sampler[int]):

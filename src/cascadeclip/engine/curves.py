@@ -13,10 +13,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..utils import atomic_write  # noqa: E402
 
 
+def parse_log_line(line: str) -> dict | None:
+    """A log line's record, or None when it is not a JSON object with an integer "iter" (e.g. a line cut short by a
+    crash while it was appended)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("iter"), int) else None
+
+
 def read_log(path: Path) -> list[dict]:
+    """The readable records of a run's JSON-lines log; [] when there is none."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = (parse_log_line(line) for line in path.read_text(errors="replace").splitlines())
+    return [r for r in records if r is not None]
 
 
 def plot_curves(log_path: Path, out_path: Path) -> None:

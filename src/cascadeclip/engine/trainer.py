@@ -1,8 +1,8 @@
 """The training loop: plain, explicit, iteration-based (docs/method.md, Training recipe).
 
 `train` reads as the loop; each step it takes is a function of its own, in the order they run:
-  set up:           `prepare_run` (run folder, resolved config beside it), `starting_model`, `build_optimiser`
-                    (with `restore_training_state` on resume), `build_loader`
+  set up:           `check_training_inputs`, `prepare_run` (run folder, resolved config beside it),
+                    `starting_model`, `build_optimiser` (with `restore_training_state` on resume), `build_loader`
   every iteration:  `set_learning_rate`, `accumulation_step` (forward, loss and backward of each micro-batch),
                     `optimiser_step` (`normalise_gradients`, then AdamW), the log record (`is_log_iteration`),
                     `evaluate_step`, `save_checkpoint` (`is_checkpoint_iteration`)
@@ -29,13 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, TrainConfig, save_yaml
+from ..config import Config, TrainConfig, save_yaml, validate
 from ..config.dataset_file import load_dataset, resolved
 from ..data.datasets import list_samples
-from ..data.train_pipeline import StreamSampler, TrainingStream
+from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
 from ..evaluation import evaluate
-from ..factory import create_model, load_checkpoint, save_model
-from ..inference.text_embeddings import class_embeddings
+from ..factory import check_architecture, create_model, load_checkpoint, save_model
+from ..inference.text_embeddings import class_embeddings, find_embedding_file, load_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.loss import pairs_per_process
 from ..modeling.zero_shot import training_losses
@@ -80,7 +80,9 @@ def build_model(cfg: Config) -> CascadeCLIP:
     elif cfg.train.init == "random":
         model, _ = create_model(cfg.model)
     else:
-        model, _, _ = load_checkpoint(_resolve_init_checkpoint(cfg.train.init), base=cfg.model)
+        path = _resolve_init_checkpoint(cfg.train.init)
+        model, _, _ = load_checkpoint(path, base=cfg.model)
+        check_architecture(model, cfg.model, f"train.init {path}")
     return model
 
 
@@ -99,6 +101,23 @@ def _check_trainable(cfg: Config) -> None:
         )
 
 
+def check_training_inputs(cfg: Config) -> torch.Tensor | None:
+    """UserError for what can be told wrong in a resolved configuration before a run starts: ranges, a dataset that
+    cannot be trained on, a class list of another length than the dataset's labels, an unusable embeddings file.
+    Returns the class embeddings read from `classes.text_embeddings` when found (None: the text tower computes
+    them)."""
+    validate(cfg)
+    _check_trainable(cfg)
+    classes, dataset = cfg.classes, load_dataset(cfg.classes.dataset)
+    if len(classes.names) != dataset.num_classes:
+        raise UserError(
+            f"classes.names lists {len(classes.names)} classes, but the labels of {dataset.name} number "
+            f"{dataset.num_classes}: the names must be the dataset's classes, in its order"
+        )
+    embedding_file = find_embedding_file(classes.text_embeddings) if classes.text_embeddings else None
+    return load_embedding_file(embedding_file, len(classes.names)) if embedding_file else None
+
+
 def _per_device_batch(cfg: Config, world_size: int) -> int:
     per_device, rest = divmod(cfg.train.batch_size, world_size * cfg.train.accumulation_steps)
     if rest or per_device < 1:
@@ -115,7 +134,11 @@ def prepare_run(
     """The run folder, ready (see `RunDirectory.prepare`), with the resolved config saved in it and the log cut back to
     the iteration the run starts from; returns (folder, that iteration), the same on every process."""
     run = RunDirectory(run_dir)
-    start = run.prepare(resume, force) if dist_info.is_main else 0
+    tcfg, every = cfg.train, checkpoint_interval(cfg.train)
+    planned = (
+        set(range(every, tcfg.iters + 1, every)) | {tcfg.iters} | {t for t in tcfg.keep_iterations if t <= tcfg.iters}
+    )
+    start = run.prepare(resume, force, planned) if dist_info.is_main else 0
     start = int(all_reduce_sum(torch.tensor(start)).item()) if dist_info.world_size > 1 else start
     if dist_info.is_main:
         save_yaml(cfg, run.config)
@@ -199,6 +222,7 @@ def build_loader(cfg: Config, start: int, per_device: int, dist_info: DistInfo) 
         pin_memory=dist_info.device.type == "cuda",
         persistent_workers=cfg.data.num_workers > 0,
         generator=torch.Generator().manual_seed(tcfg.seed),  # keeps the loader off the global RNG (dropout's)
+        collate_fn=collate_training,
     )
 
 
@@ -251,7 +275,10 @@ def accumulation_step(
     trained.zero_grad(set_to_none=True)
     sums = torch.zeros(3, device=device)  # focal sum, dice sum, (image, class) pairs
     for step in range(tcfg.accumulation_steps):
-        images, labels = next(batches)
+        batch = next(batches)
+        if isinstance(batch, UnusableSample):
+            raise UserError(f"{batch.message} (`cascade-clip check-data` lists every problem of a dataset)")
+        images, labels = batch
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         sync = step == tcfg.accumulation_steps - 1 or not distributed
@@ -341,6 +368,7 @@ def save_checkpoint(
     tcfg = cfg.train
     rng = _rng_states(dist_info)
     if dist_info.is_main:
+        run.claim_checkpoint(done)
         save_model(run.model_path(done), model, cfg.classes, iteration=done, config_name=cfg.name)
         run.save_state(done, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
         run.prune(tcfg.keep_checkpoints, tcfg.keep_iterations)
@@ -372,7 +400,7 @@ def train(
     Returns the last checkpoint written, its iteration, and the last logged loss.
     """
     cfg = resolved(cfg)
-    _check_trainable(cfg)
+    file_text = check_training_inputs(cfg)
     dist_info = init_distributed(device)
     tcfg, world_size = cfg.train, dist_info.world_size
     run, start = prepare_run(cfg, run_dir, resume, force, dist_info)
@@ -381,8 +409,9 @@ def train(
     torch.manual_seed(tcfg.seed + dist_info.rank)
     model = starting_model(cfg, run, start).to(dist_info.device).train()
     classes = cfg.classes
-    text = class_embeddings(classes.names, classes.templates, classes.text_embeddings, model.text_encoder)
-    text = text.to(dist_info.device)
+    if file_text is None:
+        file_text = class_embeddings(classes.names, classes.templates, "", model.text_encoder)
+    text = file_text.to(dist_info.device)
     evaluate_fn = evaluate_fn or protocol_evaluation(cfg, text)
     params, optimizer, scaler = build_optimiser(model, tcfg, dist_info.device)
     if start > 0:
@@ -402,6 +431,11 @@ def train(
         done = iteration + 1
         focal, dice = (sums[:2] / world_size / normaliser).tolist()
         last_loss = focal + dice
+        if not math.isfinite(last_loss):
+            raise UserError(
+                f"the training loss became {last_loss} at iteration {done}: the run diverged, and nothing of this "
+                "iteration was saved. Lower train.lr, or use train.precision=fp32, and resume from the last checkpoint"
+            )
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
         if dist_info.is_main and is_log_iteration(done, tcfg):

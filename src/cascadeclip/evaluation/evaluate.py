@@ -168,6 +168,11 @@ def evaluate_samples(
             label = item["label"].to(device, non_blocking=True)
             image = item["image"].to(device, non_blocking=True)[None]
             scores = protocol_scores(model, image, text, shift, test, out_size=tuple(label.shape))[0]
+            if not torch.isfinite(scores).all():
+                raise UserError(
+                    f"the model's scores for {item['name']} are not finite numbers (NaN or infinity): its weights "
+                    "or the class embeddings are damaged"
+                )
             prediction = queried[scores.argmax(0)]
             if classes.background_index is not None:
                 below = best_probability(scores, shift) < test.background_threshold

@@ -95,13 +95,17 @@ def predict_scores(
 ) -> torch.Tensor:
     """(B, 3, H, W) images -> (B, C, *out_size) scores, by sliding windows or one whole-image forward.
 
-    In whole-image mode H and W must be multiples of the patch size. The scores are resized bilinearly to
+    In whole-image mode images whose sides are not multiples of the patch size are padded at the bottom and right
+    (with 0, the mean colour after normalising) and the scores cropped back. The scores are resized bilinearly to
     `out_size` (the original image size), ready for argmax over classes.
     """
     if mode == "slide":
         scores = torch.cat([slide_scores(model, img[None], text, shift, crop, stride, window_batch) for img in images])
     elif mode == "whole":
-        scores = class_scores(model(images, text), shift)
+        height, width = images.shape[-2:]
+        patch = model.cfg.image_encoder.patch_size
+        padded = F.pad(images, (0, -width % patch, 0, -height % patch))
+        scores = class_scores(model(padded, text), shift)[..., :height, :width]
     else:
         raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
     if out_size is not None and tuple(out_size) != tuple(scores.shape[-2:]):

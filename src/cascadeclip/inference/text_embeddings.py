@@ -9,7 +9,8 @@ set: in memory for as long as the tower lives (the tower is frozen, so its weigh
 folder is given, on disk, keyed by a fingerprint of the tower's weights. Disk layout:
 `<folder>/text_embeddings/<weights fingerprint>-<templates fingerprint>/<name fingerprint>.npz`, one file per class
 name holding its (D,) fp32 embedding and the name itself (checked on reading). Files are written atomically; an
-unreadable entry is recomputed, and a cache that cannot be written only costs a warning.
+entry that cannot be used (unreadable, truncated, empty, of another name, of the wrong dimension, holding NaN or
+infinity) is recomputed and overwritten, and a cache that cannot be written only costs a warning.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import tokenize
 
 from ..modeling.text_encoder import TextEncoder
-from ..utils import CACHE_ENV, atomic_write
+from ..utils import CACHE_ENV, UserError, atomic_write
 
 SINGLE_TEMPLATE = ("a photo of a {}",)  # no trailing period, as in voc12_single.npy
 MULTI_TEMPLATES = (
@@ -49,11 +50,12 @@ MULTI_TEMPLATES = (
 TEMPLATES = {"single": SINGLE_TEMPLATE, "multi": MULTI_TEMPLATES}
 
 EMBEDDINGS_DIR_ENV = "CASCADECLIP_EMBEDDINGS_DIR"
+TOKENIZER_VOCABULARY = 49408  # token ids of CLIP's tokenizer (the end-of-text token is the last)
 
 
 def templates_for(kind: str) -> tuple[str, ...]:
     if kind not in TEMPLATES:
-        raise ValueError(f"unknown template set {kind!r}; use one of: {', '.join(TEMPLATES)}")
+        raise UserError(f"unknown template set {kind!r}; use one of: {', '.join(TEMPLATES)}")
     return TEMPLATES[kind]
 
 
@@ -69,19 +71,23 @@ def find_embedding_file(name: str) -> Path | None:
 
 
 def load_embedding_file(path: str | Path, num_classes: int | None = None) -> torch.Tensor:
-    """Read a (C, D) `.npy` of class embeddings as fp32, unchanged otherwise; checks the shape."""
+    """Read a (C, D) `.npy` of class embeddings as fp32, unchanged otherwise; UserError when it cannot be read, has
+    another shape, or holds NaN or infinity."""
     path = Path(path)
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read class embeddings from {path}: {err}. Expected a (classes, dim) .npy") from err
-    if array.ndim != 2:
-        raise ValueError(f"{path}: class embeddings must be a 2-D (classes, dim) array, got shape {array.shape}")
+    except Exception as err:  # numpy raises OSError, ValueError, EOFError... on files that are not .npy arrays
+        raise UserError(f"cannot read class embeddings from {path}: {err}. Expected a (classes, dim) .npy") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        shape = getattr(array, "shape", None)
+        raise UserError(f"{path}: class embeddings must be a 2-D (classes, dim) float array, got shape {shape}")
     if num_classes is not None and array.shape[0] != num_classes:
-        raise ValueError(
+        raise UserError(
             f"{path}: {array.shape[0]} rows of class embeddings, but the configuration has {num_classes} classes; "
             "the file must hold one row per class, in the dataset's class order"
         )
+    if not np.isfinite(array).all():
+        raise UserError(f"{path}: the class embeddings hold NaN or infinity; the file is damaged")
     return torch.from_numpy(array.astype(np.float32))
 
 
@@ -124,6 +130,11 @@ class TextEmbeddingCache:
     disk under `root` (the Segmenter passes the user's cache folder, `utils.cache_dir`)."""
 
     def __init__(self, text_encoder: TextEncoder, templates: tuple[str, ...], root: Path | None = None):
+        if text_encoder.cfg.vocab_size < TOKENIZER_VOCABULARY:
+            raise UserError(
+                f"the text tower knows {text_encoder.cfg.vocab_size} tokens, but CLIP's tokenizer gives ids up to "
+                f"{TOKENIZER_VOCABULARY - 1}: it is not a CLIP text tower. Give OpenAI's CLIP weights (--clip-weights)"
+            )
         self.text_encoder = text_encoder
         self.templates = tuple(templates)
         self._memory = _in_memory.setdefault(text_encoder, {})
@@ -139,6 +150,11 @@ class TextEmbeddingCache:
         missing = [n for n in dict.fromkeys(names) if (self.templates, n) not in self._memory and not self._read(n)]
         if missing:
             computed = encode_class_names(self.text_encoder, missing, self.templates).cpu()
+            if not torch.isfinite(computed).all():
+                raise UserError(
+                    "the text tower gives NaN or infinite class embeddings: its weights are damaged. Check the "
+                    "weights file (or --clip-weights)"
+                )
             for name, row in zip(missing, computed, strict=True):
                 self._memory[self.templates, name] = row
                 self._write(name, row)
@@ -152,12 +168,18 @@ class TextEmbeddingCache:
             return False
         try:
             with np.load(self._path(name), allow_pickle=False) as data:
-                if str(data["name"]) != name:
-                    return False
-                self._memory[self.templates, name] = torch.from_numpy(data["embedding"].astype(np.float32))
-            return True
-        except (OSError, ValueError, KeyError):  # damaged entry: recompute and overwrite it
+                stored_name, row = str(data["name"]), data["embedding"]
+        except Exception:  # damaged entry (truncated, empty, not an .npz: numpy raises many kinds): recompute it
             return False
+        usable = (
+            stored_name == name
+            and row.shape == (self.text_encoder.cfg.output_dim,)
+            and np.issubdtype(row.dtype, np.floating)
+            and bool(np.isfinite(row).all())
+        )
+        if usable:
+            self._memory[self.templates, name] = torch.from_numpy(row.astype(np.float32))
+        return usable
 
     def _write(self, name: str, row: torch.Tensor) -> None:
         if self.folder is None:
@@ -196,7 +218,7 @@ def class_embeddings(
             if embedding_file
             else ""
         )
-        raise ValueError(
+        raise UserError(
             f"no class embeddings: {wanted}no CLIP text tower is loaded to compute them. Give the OpenAI ViT-B-16.pt "
             f"file (--clip-weights) or set ${EMBEDDINGS_DIR_ENV} to the folder holding the authors' .npy files"
         )
