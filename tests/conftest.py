@@ -71,3 +71,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_model(path, CascadeCLIP(tiny_model_config(with_text=True)).eval(), get_preset("voc-inductive").classes)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """The miniature world's models are tiny: a second thread gains little, and on a busy machine it can stall
+    every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,18 +16,13 @@ from cascadeclip.config.dataset_file import load_dataset
 from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_label
 from cascadeclip.factory import create_model, save_openai_archive
+from cascadeclip.world.calibration import SHIFT_GRID
 from cascadeclip.world.dataset import write_dataset
-from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretrained_tiny_clip
-from cascadeclip.world.scenes import class_words, render_scene, scene_rng
+from cascadeclip.world.pretrain import TinyClipConfig, build_clip, pretraining_batch
+from cascadeclip.world.scenes import class_words, render_scene, scene_rng, texture
+from cascadeclip.world.shipped import pretrained_tiny_clip
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The world's models are tiny: a second thread gains little, and on a busy machine it can stall every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_word_of_an_unseen_class_names_seen_classes():
@@ -52,17 +47,45 @@ def test_scenes_are_deterministic_with_exact_masks_and_captions():
         present = set(np.unique(scene.label).tolist()) - {0}
         assert present == {c + 1 for c in scene.classes}  # every painted object stays visible, nothing else
         assert all(WORLD_CLASSES[c] in scene.caption for c in scene.classes)
-        # Objects are saturated colours on muted backgrounds: the label map follows what was painted.
+        # Objects are saturated colours on muted backgrounds: the label map follows what was painted. (Their marks,
+        # up to half of an object, are near-white or near-black, hence the upper quartile.)
         saturation = scene.image.max(-1).astype(int) - scene.image.min(-1).astype(int)
-        assert np.median(saturation[scene.label > 0]) > 2 * np.median(saturation[scene.label == 0])
+        upper = [np.quantile(saturation[part], 0.75) for part in (scene.label > 0, scene.label == 0)]
+        assert upper[0] > 2 * upper[1]
+
+
+def test_pattern_marks_differ_in_brightness_within_a_colour():
+    """Striped marks are light, dotted and checkered marks dark, so that the patterns of one colour differ in
+    brightness as well as in layout. The same random stream gives the same shade and background to each pattern."""
+    brightness = {}
+    for pattern_index, pattern in enumerate(WORLD_PATTERNS):
+        scene = texture(scene_rng(0, "train", 0), 4 * 4 + pattern_index)  # purple, each pattern
+        assert class_words(scene.classes[0]) == ("purple", pattern) and (scene.label == scene.classes[0] + 1).all()
+        assert WORLD_CLASSES[scene.classes[0]] in scene.caption
+        brightness[pattern] = scene.image.mean()
+    assert brightness["striped"] > brightness["plain"] + 20
+    assert brightness["dotted"] < brightness["plain"] - 10 and brightness["checkered"] < brightness["dotted"] - 10
+
+
+def test_pretraining_batches_mix_textures_single_objects_and_scenes():
+    cfg = TinyClipConfig(batch_size=400)
+    _, captions = pretraining_batch(cfg, step=0)
+    single = sum(" and " not in c and "," not in c for c in captions) / len(captions)
+    # Textures and single objects name one class; scenes of 1-4 objects name one class a quarter of the time.
+    expected = (
+        cfg.texture_fraction + cfg.single_object_fraction + (1 - cfg.texture_fraction - cfg.single_object_fraction) / 4
+    )
+    assert abs(single - expected) < 0.06  # 400 draws: binomial standard deviation about 0.02
 
 
 def test_world_split_is_read_by_the_project_readers(tmp_path):
-    write_dataset(tmp_path, seed=1, size=64, train_count=6, val_count=3)
+    write_dataset(tmp_path, seed=1, size=64, train_count=6, val_count=3, heldout_count=2)
     dataset = load_dataset("world")
     val = list_samples("world", tmp_path, "val")
     assert [s.name for s in val] == ["val_00000", "val_00001", "val_00002"]
     assert len(list_samples("world", tmp_path, "train")) == 6
+    # Held-out scenes continue the training stream and are never listed for training.
+    assert [s.name for s in list_samples("world", tmp_path, "heldout")] == ["train_00006", "train_00007"]
     for i, sample in enumerate(val):
         label = read_label(sample.label, dataset)
         expected = render_scene(scene_rng(1, "val", i)).label.astype(int) - 1  # reduce_zero_label
@@ -105,37 +128,84 @@ def test_pretrained_tiny_clip_is_cached_by_its_configuration(tmp_path):
     assert other != path
 
 
-def reduced_demo(out, cache):
-    return main(["demo", "--smoke", "--out", str(out), "--cache", str(cache)])
+def reduced_demo(out, cache, *options):
+    options = options if "--threads" in options else ("--threads", "1", *options)
+    return main(["demo", "--smoke", "--out", str(out), "--cache", str(cache), *options])
+
+
+REPORT_SECTIONS = ("## Results", "## Targets", "## Controls", "## Calibration of the seen-class shift", "## Time")
+MODELS = {"cascade-inductive", "cascade-transductive", "single-inductive", "single-transductive"}
+
+
+def check_report_structure(report, seeds: int) -> dict:
+    """The report folder's files, sections and numbers, whatever their values; returns results.json."""
+    text = (report / "report.md").read_text()
+    for phrase in (*REPORT_SECTIONS, "cascade (3 stages)", "single last-layer decoder", "chance", "zero-shot"):
+        assert phrase in text
+    assert "labels of all classes, the unseen classes included" in text  # the calibration's use of labels, stated
+    results = json.loads((report / "results.json").read_text())
+    assert len(results["seeds"]) == seeds and len(results["per_seed"]) == seeds
+    assert len(results["targets"]) == 5 and all(t["seeds"] == seeds for t in results["targets"])
+    for run in results["per_seed"]:
+        assert set(run["models"]) == MODELS
+        assert set(run["calibration"]) == {"cascade-inductive", "single-inductive"}
+        assert run["calibration"]["cascade-inductive"]["shift"] in SHIFT_GRID
+        assert len(run["probe"]) == 2 and all(0 <= p["class"] <= 100 for p in run["probe"].values())
+        assert run["supervised"]["mIoU"] is not None
+    figures = results["figures"]
+    assert all(len(stat["values"]) == seeds for stat in figures.values())
+    assert "cascade - single inductive hIoU" in figures and "supervised mIoU" in figures
+    assert (report / "predictions.png").stat().st_size > 0 and (report / "curves.png").stat().st_size > 0
+    return results
 
 
 def test_reduced_demo_runs_the_whole_chain_and_writes_the_report(tmp_path, capsys):
     assert reduced_demo(tmp_path / "report", tmp_path / "cache") == 0
     report = tmp_path / "report"
-    text = (report / "report.md").read_text()
-    for phrase in ("mIoU(U)", "cascade (3 stages)", "single last-layer decoder", "chance", "zero-shot"):
-        assert phrase in text
-    results = json.loads((report / "results.json").read_text())
-    assert set(results["models"]) == {
-        "cascade-inductive",
-        "cascade-transductive",
-        "single-inductive",
-        "single-transductive",
-    }
-    for name in results["models"]:
+    results = check_report_structure(report, seeds=1)
+    for name in (*MODELS, "cascade-supervised"):
         assert (report / "runs" / name / "log.jsonl").is_file()
-    assert (report / "predictions.png").stat().st_size > 0 and (report / "curves.png").stat().st_size > 0
+    assert results["figures"]["supervised mIoU"]["std"] is None  # one seed: no spread is claimed
     assert "wrote" in capsys.readouterr().out
 
-    # Same seed, same numbers: a second run (tiny CLIP and dataset now cached) reproduces every figure.
-    assert reduced_demo(tmp_path / "again", tmp_path / "cache") == 0
-    again = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert again["models"] == results["models"] and again["chance"] == results["chance"]
+    # Same seed, same numbers: a second run (tiny CLIP and dataset now cached) reproduces every figure of the runs,
+    # also when they go to two worker processes of one thread each (--threads 2).
+    assert reduced_demo(tmp_path / "again", tmp_path / "cache", "--threads", "2") == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())["per_seed"][0]
+    for part in ("models", "calibration", "supervised", "chance"):
+        assert again[part] == results["per_seed"][0][part]
+
+
+def test_reduced_demo_over_two_seeds_reports_mean_and_spread(tmp_path):
+    assert reduced_demo(tmp_path / "report", tmp_path / "cache", "--seeds", "2") == 0
+    report = tmp_path / "report"
+    results = check_report_structure(report, seeds=2)
+    assert results["seeds"] == [0, 1]
+    for seed in (0, 1):
+        assert (report / f"seed-{seed}" / "runs" / "cascade-inductive" / "log.jsonl").is_file()
+    # Seeds draw different worlds and CLIPs: the per-seed values differ, and mean and spread are theirs.
+    stat = results["figures"]["clip zero-shot unseen"]
+    assert stat["mean"] == pytest.approx(sum(stat["values"]) / 2)
+    assert stat["std"] == pytest.approx(abs(stat["values"][0] - stat["values"][1]) / 2**0.5)
+    assert results["per_seed"][0]["chance"] != results["per_seed"][1]["chance"]
+    difference = results["figures"]["cascade - single transductive hIoU"]
+    assert len(difference["values"]) == 2 and difference["std"] is not None
+    assert " ± " in (report / "report.md").read_text()
+
+
+def test_demo_refuses_zero_seeds_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's refusal, as for every count of the command line
+        reduced_demo(tmp_path / "report", tmp_path / "cache", "--seeds", "0")
+    assert exit_info.value.code == 2 and "argument --seeds: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.slow
-def test_full_demo_beats_chance_on_unseen_classes(tmp_path):
-    """The issue's claim: the inductive cascade's unseen mIoU is at least 3x the world's chance level."""
+def test_full_demo_reports_controls_calibration_and_targets(tmp_path):
+    """The default demo end to end: the report's structure, and the inductive cascade's unseen mIoU at least 3x the
+    world's chance level."""
     assert main(["demo", "--out", str(tmp_path / "report"), "--cache", str(tmp_path / "cache")]) == 0
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results["cascade_inductive_unseen_over_chance"] >= 3
+    results = check_report_structure(tmp_path / "report", seeds=1)
+    figures = results["figures"]
+    chance = max(figures[f"chance {kind} mIoU(U)"]["mean"] for kind in ("uniform", "majority"))
+    assert figures["cascade-inductive mIoU(U)"]["mean"] >= 3 * chance

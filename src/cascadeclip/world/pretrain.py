@@ -3,17 +3,14 @@
 The image tower is a ViT of the ViT-B/16 family (12 blocks, so the taps after blocks 5..10 exist) at small width;
 the text tower uses the real CLIP tokenizer. Captions name every object, unseen classes included: like CLIP's web
 data, pretraining knows every concept, and only the segmentation training withholds the unseen classes' masks.
-The result is a TorchScript archive in OpenAI's key layout, so `create_model(cfg, clip_weights=path)` loads it
-with the same code as `ViT-B-16.pt`.
+`cascadeclip.world.shipped` saves the result as a TorchScript archive in OpenAI's key layout, so that
+`create_model(cfg, clip_weights=path)` loads it with the same code as `ViT-B-16.pt`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,12 +21,8 @@ from tqdm import tqdm
 
 from ..config.class_names import WORLD_CLASSES, WORLD_UNSEEN
 from ..data.transforms import normalize
-from ..factory import save_openai_archive
 from ..inference.text_embeddings import SINGLE_TEMPLATE
-from .cache import cached_folder
-from .scenes import WORLD_VERSION, render_scene, scene_rng, single_object
-
-ARCHIVE_NAME = "tiny-clip.pt"
+from .scenes import render_scene, scene_rng, single_object, texture
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,13 @@ class TinyClipConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
-    single_object_fraction: float = 0.5  # share of pretraining images showing one large object
+    # What a pretraining batch shows (docs/world.md): textures (the whole image one object) and single large objects
+    # tie each caption to the pixels it names; the rest are scenes of 1-4 objects. Patch dropout hides this share of
+    # the image tokens at each step, so that the global embedding must be read off any few patches: every token
+    # learns to carry its object's class, which is what the segmentor reads.
+    texture_fraction: float = 0.3
+    single_object_fraction: float = 0.35
+    patch_dropout: float = 0.5
     zero_shot_images: int = 40  # single objects per class for the zero-shot accuracy
     seed: int = 0
 
@@ -62,6 +61,7 @@ def build_clip(cfg: TinyClipConfig) -> CLIP:
             patch_size=cfg.patch_size,
             image_size=cfg.image_size,
             head_width=cfg.head_width,
+            patch_dropout=cfg.patch_dropout,  # active in training mode only
         ),
         CLIPTextCfg(
             context_length=cfg.context_length,
@@ -83,7 +83,10 @@ def pretraining_batch(cfg: TinyClipConfig, step: int) -> tuple[torch.Tensor, lis
     images, captions = [], []
     for b in range(cfg.batch_size):
         rng = scene_rng(cfg.seed, "pretrain", step * cfg.batch_size + b)
-        if rng.uniform() < cfg.single_object_fraction:
+        kind = rng.uniform()
+        if kind < cfg.texture_fraction:
+            scene = texture(rng, int(rng.integers(len(WORLD_CLASSES))), cfg.image_size)
+        elif kind < cfg.texture_fraction + cfg.single_object_fraction:
             scene = single_object(rng, int(rng.integers(len(WORLD_CLASSES))), cfg.image_size)
         else:
             scene = render_scene(rng, cfg.image_size, num_objects=(1, 4))
@@ -150,21 +153,13 @@ def zero_shot_accuracy(clip: CLIP, cfg: TinyClipConfig, classes: tuple[int, ...]
     return correct / (per_class * len(classes))
 
 
-def pretrained_tiny_clip(cfg: TinyClipConfig, cache: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
-    """The archive of the tiny CLIP for `cfg` and its facts (losses, zero-shot accuracies), pretrained on first use
-    and cached under the world's cache folder, keyed by the whole configuration (seed included)."""
-
-    def build(folder: Path) -> None:
-        clip, losses = pretrain(cfg, progress)
-        unseen = WORLD_UNSEEN
-        seen = tuple(c for c in range(len(WORLD_CLASSES)) if c not in unseen)
-        facts = {
-            "losses": losses,
-            "zero_shot_accuracy_unseen": zero_shot_accuracy(clip, cfg, unseen),
-            "zero_shot_accuracy_seen": zero_shot_accuracy(clip, cfg, seen),
-        }
-        save_openai_archive(clip, folder / ARCHIVE_NAME, cfg.image_size, cfg.context_length)
-        (folder / "facts.json").write_text(json.dumps(facts))
-
-    folder = cached_folder("tiny-clip", {"version": WORLD_VERSION, **dataclasses.asdict(cfg)}, build, cache)
-    return folder / ARCHIVE_NAME, json.loads((folder / "facts.json").read_text())
+def pretraining_facts(cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, dict]:
+    """Pretrain a tiny CLIP; returns it and its facts: the loss of every step and the zero-shot accuracies (fractions)
+    on single objects of the unseen and of the seen classes."""
+    clip, losses = pretrain(cfg, progress)
+    seen = tuple(c for c in range(len(WORLD_CLASSES)) if c not in WORLD_UNSEEN)
+    return clip, {
+        "losses": losses,
+        "zero_shot_accuracy_unseen": zero_shot_accuracy(clip, cfg, WORLD_UNSEEN),
+        "zero_shot_accuracy_seen": zero_shot_accuracy(clip, cfg, seen),
+    }

@@ -24,7 +24,18 @@ COLOUR_HUES = {"red": 355.0, "yellow": 65.0, "green": 135.0, "blue": 210.0, "pur
 assert tuple(COLOUR_HUES) == WORLD_COLOURS
 
 # Part of every cache key (datasets, pretrained CLIPs): change it whenever the scenes drawn for a seed change.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
+
+# The surface patterns, sized for the tiny CLIP's 8-pixel patches (docs/world.md, "Why the world looks as it does").
+# Marks repeat every 3-4 pixels, so every patch holds two full periods of them: at 5-7 pixels a patch held about one,
+# and a linear probe of the pretrained CLIP's tokens told the pattern apart in only 57% of tokens (colour: 100%).
+PATTERN_PERIOD = (3.0, 4.0)  # pixels, drawn uniformly per object
+DOT_RADIUS = 1 / 4  # of the period
+# Marks are mixed this far from the object's colour toward their tint: far enough that striped, dotted and checkered
+# differ in the pixels' brightness as well as in their layout (with a pale 55% mix the CLIP confused them).
+MARK_MIX = 0.9
+# Stripes are light, dots and checks dark: two patterns of the same colour then differ even in a patch's mean.
+MARK_TINT = {"striped": 245.0, "dotted": 20.0, "checkered": 20.0}
 
 # Random streams of one seed: separate, so that e.g. pretraining never draws a validation scene.
 STREAMS = {"train": 0, "val": 1, "pretrain": 2, "zero_shot": 3}
@@ -128,33 +139,35 @@ def object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
 
 
 def pattern_mask(rng: np.random.Generator, pattern: str, size: int) -> np.ndarray:
-    """(size, size) bool: where the pattern's light marks go (stripes, dots or checks of a random period, phase and
-    angle); nowhere for 'plain'."""
+    """(size, size) bool: where the pattern's marks go (stripes, dots or checks of a random period in
+    `PATTERN_PERIOD`, phase and angle); nowhere for 'plain'."""
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
     angle = rng.uniform(0, math.pi)
     u = xx * math.cos(angle) + yy * math.sin(angle) + rng.uniform(0, 10)
     v = -xx * math.sin(angle) + yy * math.cos(angle) + rng.uniform(0, 10)
-    period = rng.uniform(5, 7)
+    period = rng.uniform(*PATTERN_PERIOD)
     if pattern == "plain":
         return np.zeros((size, size), dtype=bool)
     if pattern == "striped":
         return (u % period) < period / 2
     if pattern == "dotted":
         du, dv = (u % period) - period / 2, (v % period) - period / 2
-        return du**2 + dv**2 < (period / 3.5) ** 2
+        return du**2 + dv**2 < (period * DOT_RADIUS) ** 2
     if pattern == "checkered":
         return ((u // (period / 2)) + (v // (period / 2))) % 2 == 0
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
 def paint_object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, colour: str, pattern: str) -> None:
-    """Fill `mask` in `image` (float, in place): the colour, shaded, with the pattern's marks in a pale tint of it."""
+    """Fill `mask` in `image` (float, in place): the colour, shaded, with the pattern's marks mixed `MARK_MIX` of the
+    way toward the pattern's tint."""
     size = image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size] / size
     angle = rng.uniform(0, 2 * math.pi)
     shading = 1 + 0.15 * (xx * math.cos(angle) + yy * math.sin(angle) - 0.5)
     base = object_colour(rng, colour)
-    fill = np.where(pattern_mask(rng, pattern, size)[..., None], 0.45 * base + 0.55 * 245, base)
+    marks = (1 - MARK_MIX) * base + MARK_MIX * MARK_TINT.get(pattern, 0.0)
+    fill = np.where(pattern_mask(rng, pattern, size)[..., None], marks, base)
     fill = fill * shading[..., None] + rng.normal(0, 4, size=image.shape)
     image[mask] = fill[mask]
 
@@ -225,3 +238,13 @@ def render_scene(
 def single_object(rng: np.random.Generator, c: int, size: int = 64) -> Scene:
     """One large object of class c, centred-ish: the world's 'ImageNet photo' for zero-shot classification."""
     return render_scene(rng, size, classes=[c], diameter=(0.5, 0.7))
+
+
+def texture(rng: np.random.Generator, c: int, size: int = 64) -> Scene:
+    """The whole image painted as one object of class c, no edge and no background: a picture of the class's surface
+    alone, captioned with its name (pretraining shows these, so that every patch of it learns the class)."""
+    image = background(rng, size)
+    colour, pattern = class_words(c)
+    paint_object(rng, image, np.ones((size, size), dtype=bool), colour, pattern)
+    label = np.full((size, size), c + 1, dtype=np.uint8)
+    return Scene(np.clip(image, 0, 255).round().astype(np.uint8), label, [c], caption_for(rng, [c]))
