@@ -8,6 +8,8 @@ over overlapping windows after the shift.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +42,39 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return sorted({max(min(k * stride + crop, length) - crop, 0) for k in range(count)})
 
 
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) of the overlapping square windows over an image, row by row."""
+    return [
+        (y, x, min(y + crop, height), min(x + crop, width))
+        for y in window_starts(height, crop, stride)
+        for x in window_starts(width, crop, stride)
+    ]
+
+
+def average_windows(
+    windows: Iterable[tuple[list[tuple[int, int, int, int]], torch.Tensor]],
+    size: tuple[int, int],
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(1, C, *size) scores averaged over overlapping windows, from (boxes, (len(boxes), C, h, w) logits) chunks.
+
+    The probabilities (minus `shift`) of each window are added where it lies, and each pixel divided by the number
+    of windows covering it.
+    """
+    total, count = None, None
+    for boxes, logits in windows:
+        scores = class_scores(logits, shift)
+        if total is None:  # in the layout of the model's output, which resizing and argmax then run on
+            channels_last = scores.is_contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            total = torch.empty((1, scores.shape[1], *size), device=scores.device, memory_format=layout).zero_()
+            count = scores.new_zeros((1, 1, *size), dtype=torch.float32)
+        for (y0, x0, y1, x1), window_scores in zip(boxes, scores, strict=True):
+            total[0, :, y0:y1, x0:x1] += window_scores
+            count[0, :, y0:y1, x0:x1] += 1
+    return total.div_(count)
+
+
 @torch.no_grad()
 def slide_scores(
     model: CascadeCLIP,
@@ -60,25 +95,15 @@ def slide_scores(
     Returns:
         (1, C, H, W) window-averaged scores.
     """
-    _, _, height, width = image.shape
-    boxes = [
-        (y, x, min(y + crop, height), min(x + crop, width))
-        for y in window_starts(height, crop, stride)
-        for x in window_starts(width, crop, stride)
-    ]
-    total, count = None, image.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for i in range(0, len(boxes), window_batch):
-        chunk = boxes[i : i + window_batch]
-        windows = torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])
-        scores = class_scores(model(windows, text), shift)
-        if total is None:  # in the layout of the model's output, which resizing and argmax then run on
-            channels_last = scores.is_contiguous(memory_format=torch.channels_last)
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-            total = torch.empty((1, text.shape[0], height, width), device=image.device, memory_format=layout).zero_()
-        for (y0, x0, y1, x1), window_scores in zip(chunk, scores, strict=True):
-            total[0, :, y0:y1, x0:x1] += window_scores
-            count[0, :, y0:y1, x0:x1] += 1
-    return total.div_(count)
+    boxes = window_boxes(*image.shape[-2:], crop, stride)
+    chunks = (boxes[i : i + window_batch] for i in range(0, len(boxes), window_batch))
+    windows = ((chunk, model(crop_windows(image, chunk), text)) for chunk in chunks)
+    return average_windows(windows, image.shape[-2:], shift)
+
+
+def crop_windows(image: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """(1, 3, H, W) image -> (len(boxes), 3, h, w) windows (all boxes of one size)."""
+    return torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
 
 
 @torch.no_grad()
