@@ -5,6 +5,10 @@
     for segment in segmenter("photo.jpg", candidate_labels=["cat", "sofa", "floor"]):
         print(segment["label"], segment["score"], segment["mask"].size)
 
+To try several sets of names on one image, encode it once, in the manner of segment-anything's predictor:
+`segmenter.set_image("photo.jpg")`, then `segmenter.predict(["cat", "dog"])` or `segmenter(["cat", "rug"])` run
+only the head (a small part of the work) on the kept output of the image encoder.
+
 Scores are the model's per-class sigmoid probabilities, computed independently for each name. For names you choose
 there is no seen/unseen split, so the authors' inductive shift (-0.1 on seen classes;
 docs/authors-code.md#the-seen-class-shift-acts-on-probabilities) is not applied: every name is scored the same way.
@@ -32,6 +36,7 @@ from .data.images import load_image
 from .data.transforms import short_side_size, test_image_tensor
 from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
+from .inference.encoded_image import EncodedImage, decode_scores, encode_image
 from .inference.fast_path import fast_inference
 from .inference.fast_path import keep_freed_memory as _keep_freed_memory
 from .inference.predict import protocol_scores
@@ -171,11 +176,23 @@ class Segmenter:
             self.model.store_encoder_in_bf16()
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
-        self.mode, self.short_side = mode, self.protocol.short_side
+        self.short_side = self.protocol.short_side
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(
             self.text_encoder, templates_for(templates), Path(cache_dir) if cache_dir else default_cache_dir()
         )
+        self.image: Image.Image | None = None  # the image of `set_image`, upright 8-bit RGB
+        self._encoded: EncodedImage | None = None
+
+    @property
+    def mode(self) -> str:
+        """ "slide" or "whole"; setting it checks it as the constructor does. An image given to `set_image` before
+        keeps the windows it was encoded with until it is set again."""
+        return self.protocol.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.protocol = validate(dataclasses.replace(self.protocol, mode=mode))
 
     @classmethod
     def from_pretrained(
@@ -208,56 +225,67 @@ class Segmenter:
         """(C, D) unit-norm embeddings of `names`, from the cache where possible, else from the text tower."""
         return self.text_cache.embeddings(list(names))
 
+    def set_image(self, image: str | Path | Image.Image | np.ndarray) -> None:
+        """Run the image encoder on `image` (each sliding window, in slide mode) and keep its output, so that
+        `predict(candidate_labels)` and `self(candidate_labels)` run only the head. Replaces the previous image."""
+        rgb = load_image(image)
+        with self._inference():
+            test = self.protocol
+            self._encoded = encode_image(
+                self.model, self._tensor(rgb), test.mode, test.crop_size, test.stride, test.window_batch
+            )
+        self.image = rgb
+
     @torch.inference_mode()
     def predict(
         self,
-        image: str | Path | Image.Image | np.ndarray,
-        candidate_labels: list[str] | tuple[str, ...],
+        image: str | Path | Image.Image | np.ndarray | list[str],
+        candidate_labels: list[str] | tuple[str, ...] | None = None,
         background: float | None = None,
         scores: bool = True,
         scores_dtype: type = np.float32,
     ) -> Prediction:
         """Label map, per-class figures and (if `scores`) probability maps of one image, at its own resolution.
 
+        `predict(image, candidate_labels)` runs the whole model on `image`; `predict(candidate_labels)` only the
+        head, on the image given to `set_image`. The two give the same numbers up to float rounding.
+
         Args:
             image: a path, a PIL image or an (H, W[, C]) array (see `data.images.load_image`).
             candidate_labels: the class names, any words.
             background: if given, pixels where no name's probability reaches it are labelled 255 (background).
         """
-        names = check_class_names(candidate_labels)
+        image, names = self._image_and_names(image, candidate_labels)
         if background is not None and not 0 < background < 1:
             raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
-        rgb = load_image(image)
-        height, width = short_side_size(rgb.height, rgb.width, self.short_side)
-        if height * width > MAX_WORKING_PIXELS:
-            raise UserError(
-                f"the image ({rgb.width}x{rgb.height}) would be {width}x{height} at inference (short side "
-                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
-                "smaller short side"
-            )
+        if image is None:
+            image, tensor = self.image, None
+        else:
+            image = load_image(image)
+            tensor = self._tensor(image)
         text = self.class_embeddings(names).to(self.device)
-        working = self._working_scores(rgb, text)
-        if not torch.isfinite(working).all():
-            raise UserError(
-                "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
-                "are damaged. Check the weights file (or its text tower) and the embedding cache"
-            )
-        return _summarize(working, (rgb.height, rgb.width), names, background, scores, scores_dtype)
+        with self._inference():
+            if tensor is None:
+                working = decode_scores(self.model, self._encoded, text)
+            else:
+                working = protocol_scores(self.model, tensor, text, None, self.protocol)
+        _check_finite(working)
+        return _summarize(working[0].float(), (image.height, image.width), names, background, scores, scores_dtype)
 
     def __call__(
         self,
         image: str | Path | Image.Image | np.ndarray | list,
-        candidate_labels: list[str] | tuple[str, ...],
+        candidate_labels: list[str] | tuple[str, ...] | None = None,
         background: float | None = None,
     ) -> list[dict] | list[list[dict]]:
         """One `{"label", "score", "mask"}` per candidate label, in the order given; a list of such lists for a
-        list of images.
+        list of images. `self(candidate_labels)` segments the image given to `set_image`.
 
         "mask" is a PIL "L" image of the image's size, 255 where the label wins and 0 elsewhere; the masks partition
         the image. "score" is the label's mean probability over its mask (0.0 for an empty mask). With a background
         threshold a last entry labelled "background" (score None) holds the pixels no label claims.
         """
-        if isinstance(image, (list, tuple)):
+        if candidate_labels is not None and isinstance(image, (list, tuple)):
             return [self(item, candidate_labels, background) for item in image]
         prediction = self.predict(image, candidate_labels, background, scores=False)
         segments = [
@@ -270,12 +298,41 @@ class Segmenter:
             )
         return segments
 
-    def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
-        tensor = test_image_tensor(image, self.short_side).to(self.device)
-        with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
-            scores = protocol_scores(self.model, tensor, text, None, self.protocol)
-        return scores[0].float()
+    def _image_and_names(self, image, candidate_labels) -> tuple[object | None, list[str]]:
+        """(image, checked names) of a call `f(image, names)`, or (None, names) of a call `f(names)` after
+        `set_image`."""
+        if candidate_labels is not None:
+            return image, check_class_names(candidate_labels)
+        if not isinstance(image, (list, tuple)):
+            raise UserError(
+                "no class names given: call predict(image, candidate_labels), or set_image(image) and then "
+                "predict(candidate_labels)"
+            )
+        if self._encoded is None:
+            raise UserError("no image to segment: call set_image(image) first, or predict(image, candidate_labels)")
+        return None, check_class_names(image)
+
+    def _inference(self):
+        return fast_inference(self.device, "bf16" if self.bf16 else "fp32")
+
+    def _tensor(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, h, w) normalised tensor at the inference resolution (short side `short_side`), on the device."""
+        height, width = short_side_size(image.height, image.width, self.short_side)
+        if height * width > MAX_WORKING_PIXELS:
+            raise UserError(
+                f"the image ({image.width}x{image.height}) would be {width}x{height} at inference (short side "
+                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
+                "smaller short side"
+            )
+        return test_image_tensor(image, self.short_side).to(self.device)
+
+
+def _check_finite(scores: torch.Tensor) -> None:
+    if not torch.isfinite(scores).all():
+        raise UserError(
+            "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
+            "are damaged. Check the weights file (or its text tower) and the embedding cache"
+        )
 
 
 def _mask(selected: np.ndarray) -> Image.Image:

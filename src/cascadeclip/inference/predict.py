@@ -75,6 +75,12 @@ def average_windows(
     return total.div_(count)
 
 
+def pad_to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) normalised images padded right and bottom with 0 (the mean colour) to multiples of `patch`."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, -width % patch, 0, -height % patch))
+
+
 @torch.no_grad()
 def slide_scores(
     model: CascadeCLIP,
@@ -128,8 +134,7 @@ def predict_scores(
         scores = torch.cat([slide_scores(model, img[None], text, shift, crop, stride, window_batch) for img in images])
     elif mode == "whole":
         height, width = images.shape[-2:]
-        patch = model.cfg.image_encoder.patch_size
-        padded = F.pad(images, (0, -width % patch, 0, -height % patch))
+        padded = pad_to_patches(images, model.cfg.image_encoder.patch_size)
         scores = class_scores(model(padded, text), shift)[..., :height, :width]
     else:
         raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
