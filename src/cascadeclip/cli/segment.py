@@ -59,6 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--classes-file", type=Path, help="a text file with one class name per line (blank lines skipped)"
     )
     parser.add_argument(
+        "--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--background",
+        type=float,
+        nargs="?",
+        const=0.5,
+        metavar="T",
+        help="label pixels where no class reaches probability T (default 0.5) as background (255)",
+    )
+    parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
+    add_model_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that build the `Segmenter` (`build_segmenter`): weights, inference mode, templates, device."""
+    parser.add_argument(
         "--checkpoint",
         type=Path,
         help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors",
@@ -74,18 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke test only: a ViT-B/16-sized model with random weights; the output is meaningless",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--background",
-        type=float,
-        nargs="?",
-        const=0.5,
-        metavar="T",
-        help="label pixels where no class reaches probability T (default 0.5) as background (255)",
-    )
-    parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
     parser.add_argument(
         "--mode",
         choices=["slide", "whole"],
@@ -104,7 +110,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
 
 
 def read_class_names(args: argparse.Namespace) -> list[str]:
@@ -295,6 +300,22 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
     return Segmenter.from_pretrained(args.checkpoint, args.clip_weights, **options)
 
 
+def output_settings(
+    args: argparse.Namespace, segmenter: Segmenter, names: list[str], background: float | None, scores: bool
+) -> dict:
+    """What made an image's outputs (recorded in its JSON; a rerun with other settings redoes the image)."""
+    return {
+        "classes": names,
+        "checkpoint": "random" if args.random_weights else file_identity(args.checkpoint),
+        "clip_weights": file_identity(args.clip_weights) if args.clip_weights else None,
+        "templates": segmenter.templates,
+        "mode": segmenter.mode,
+        "short_side": segmenter.short_side,
+        "background": background,
+        "scores": scores,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     names = read_class_names(args)
     if args.background is not None:
@@ -318,16 +339,7 @@ def run(args: argparse.Namespace) -> int:
     manifest.refuse_foreign(outputs, "--out")
     segmenter = build_segmenter(args)
     manifest.claim(outputs, "--out")
-    settings = {
-        "classes": names,
-        "checkpoint": "random" if args.random_weights else file_identity(args.checkpoint),
-        "clip_weights": file_identity(args.clip_weights) if args.clip_weights else None,
-        "templates": segmenter.templates,
-        "mode": segmenter.mode,
-        "short_side": segmenter.short_side,
-        "background": args.background,
-        "scores": args.scores,
-    }
+    settings = output_settings(args, segmenter, names, args.background, args.scores)
     colors = palette(len(names))
     done = 0
     for image_path, paths in tqdm(plan.items(), desc="segment", unit="image", disable=len(images) < 2):
