@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..data.images import IMAGE_SUFFIXES, load_image
 from ..engine.distributed import check_device
-from ..factory import WEIGHTS_HELP
+from ..factory import WEIGHTS_HELP, resolve_checkpoint
 from ..manifest import Manifest
 from ..outputs import check_name, check_output_folder
 from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
@@ -79,7 +79,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors",
+        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only), a cascadeclip .safetensors, "
+        "or the name of a model on the Hugging Face Hub (ORG/NAME; a local path of that name wins)",
     )
     parser.add_argument(
         "--clip-weights",
@@ -297,6 +298,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
             return Segmenter.with_random_weights(**options)
     if args.checkpoint is None:
         raise UserError(f"no --checkpoint given. {WEIGHTS_HELP}")
+    args.checkpoint = resolve_checkpoint(args.checkpoint)  # a Hub name becomes its file, recorded with the outputs
     return Segmenter.from_pretrained(args.checkpoint, args.clip_weights, **options)
 
 
