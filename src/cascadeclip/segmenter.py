@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,8 @@ from .factory import CheckpointError, load_segmentation_weights
 from .inference.encoded_image import EncodedImage, decode_scores, encode_image
 from .inference.fast_path import fast_inference
 from .inference.fast_path import keep_freed_memory as _keep_freed_memory
-from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
+from .inference.window_stream import stream_scores
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.text_encoder import TextEncoder
 from .utils import UserError
@@ -232,7 +233,12 @@ class Segmenter:
         with self._inference():
             test = self.protocol
             self._encoded = encode_image(
-                self.model, self._tensor(rgb), test.mode, test.crop_size, test.stride, test.window_batch
+                self.model,
+                self.preprocess(rgb).to(self.device),
+                test.mode,
+                test.crop_size,
+                test.stride,
+                test.window_batch,
             )
         self.image = rgb
 
@@ -258,19 +264,57 @@ class Segmenter:
         image, names = self._image_and_names(image, candidate_labels)
         if background is not None and not 0 < background < 1:
             raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
-        if image is None:
-            image, tensor = self.image, None
-        else:
-            image = load_image(image)
-            tensor = self._tensor(image)
+        if image is not None:
+            rgb = load_image(image)
+            items = [(None, self.preprocess(rgb), (rgb.height, rgb.width))]
+            return next(self.predict_many(items, names, background, scores, scores_dtype))[1]
         text = self.class_embeddings(names).to(self.device)
         with self._inference():
-            if tensor is None:
-                working = decode_scores(self.model, self._encoded, text)
-            else:
-                working = protocol_scores(self.model, tensor, text, None, self.protocol)
-        _check_finite(working)
-        return _summarize(working[0].float(), (image.height, image.width), names, background, scores, scores_dtype)
+            working = decode_scores(self.model, self._encoded, text)
+            _check_finite(working)
+            size = (self.image.height, self.image.width)
+            return _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+
+    def predict_many(
+        self,
+        images: Iterable[tuple[object, torch.Tensor, tuple[int, int]]],
+        candidate_labels: list[str] | tuple[str, ...],
+        background: float | None = None,
+        scores: bool = True,
+        scores_dtype: type = np.float32,
+    ) -> Iterator[tuple[object, Prediction]]:
+        """(key, Prediction) of many images, as each completes; the windows of consecutive images go through the
+        model together, `window_batch` at a time (`inference.window_stream`).
+
+        Args:
+            images: (key, (1, 3, h, w) tensor made by `preprocess`, (H, W) size of the prediction) per image; the
+                key is anything that identifies the image to the caller.
+            candidate_labels, background, scores, scores_dtype: as for `predict`.
+        """
+        names = check_class_names(candidate_labels)
+        if background is not None and not 0 < background < 1:
+            raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+        text = self.class_embeddings(names).to(self.device)
+        waiting: dict[int, tuple[object, tuple[int, int]]] = {}  # key and prediction size of the images in flight
+
+        def numbered():
+            for number, (key, tensor, size) in enumerate(images):
+                check_working_size(tensor.shape[-2:], size, self.short_side)
+                waiting[number] = key, size
+                yield number, tensor
+
+        test = self.protocol
+        stream = stream_scores(self.model, numbered(), text, test.mode, test.crop_size, test.stride, test.window_batch)
+        while True:
+            with self._inference():  # not around the caller's work between two images
+                done = next(stream, None)
+                if done is None:
+                    return
+                number, working = done
+                _check_finite(working)
+                key, size = waiting.pop(number)
+                prediction = _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+            yield key, prediction
 
     def __call__(
         self,
@@ -315,16 +359,21 @@ class Segmenter:
     def _inference(self):
         return fast_inference(self.device, "bf16" if self.bf16 else "fp32")
 
-    def _tensor(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, h, w) normalised tensor at the inference resolution (short side `short_side`), on the device."""
-        height, width = short_side_size(image.height, image.width, self.short_side)
-        if height * width > MAX_WORKING_PIXELS:
-            raise UserError(
-                f"the image ({image.width}x{image.height}) would be {width}x{height} at inference (short side "
-                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
-                "smaller short side"
-            )
-        return test_image_tensor(image, self.short_side).to(self.device)
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, h, w) normalised tensor of an RGB image at the inference resolution (short side `short_side`)."""
+        working = short_side_size(image.height, image.width, self.short_side)
+        check_working_size(working, (image.height, image.width), self.short_side)
+        return test_image_tensor(image, self.short_side)
+
+
+def check_working_size(working: tuple[int, int], size: tuple[int, int], short_side: int) -> None:
+    """UserError when an image of `size` (H, W) would be too large at its inference size `working` (h, w)."""
+    if working[0] * working[1] > MAX_WORKING_PIXELS:
+        raise UserError(
+            f"the image ({size[1]}x{size[0]}) would be {working[1]}x{working[0]} at inference (short side "
+            f"{short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a smaller "
+            "short side"
+        )
 
 
 def _check_finite(scores: torch.Tensor) -> None:

@@ -51,28 +51,47 @@ def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[
     ]
 
 
+class WindowAverage:
+    """The scores of one image averaged over overlapping windows, added window by window.
+
+    Each window's probabilities are added where it lies, and at the end each pixel is divided by the number of
+    windows covering it.
+    """
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = tuple(size)
+        self.total: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor) -> None:
+        """Add the (C, y1 - y0, x1 - x0) probabilities of the window `box` = (y0, x0, y1, x1)."""
+        if self.total is None:  # in the layout of the model's output, which resizing and argmax then run on
+            channels_last = scores[None].is_contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            self.total = torch.empty((1, scores.shape[0], *self.size), device=scores.device, memory_format=layout)
+            self.total.zero_()
+            self.count = scores.new_zeros((1, 1, *self.size), dtype=torch.float32)
+        y0, x0, y1, x1 = box
+        self.total[0, :, y0:y1, x0:x1] += scores
+        self.count[0, :, y0:y1, x0:x1] += 1
+
+    def result(self) -> torch.Tensor:
+        """(1, C, *size) window-averaged scores (computed in place of the running sum)."""
+        return self.total.div_(self.count)
+
+
 def average_windows(
     windows: Iterable[tuple[list[tuple[int, int, int, int]], torch.Tensor]],
     size: tuple[int, int],
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1, C, *size) scores averaged over overlapping windows, from (boxes, (len(boxes), C, h, w) logits) chunks.
-
-    The probabilities (minus `shift`) of each window are added where it lies, and each pixel divided by the number
-    of windows covering it.
-    """
-    total, count = None, None
+    """(1, C, *size) scores averaged over overlapping windows, from (boxes, (len(boxes), C, h, w) logits) chunks;
+    the probabilities are shifted by `shift` (see `class_scores`) before averaging."""
+    average = WindowAverage(size)
     for boxes, logits in windows:
-        scores = class_scores(logits, shift)
-        if total is None:  # in the layout of the model's output, which resizing and argmax then run on
-            channels_last = scores.is_contiguous(memory_format=torch.channels_last)
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-            total = torch.empty((1, scores.shape[1], *size), device=scores.device, memory_format=layout).zero_()
-            count = scores.new_zeros((1, 1, *size), dtype=torch.float32)
-        for (y0, x0, y1, x1), window_scores in zip(boxes, scores, strict=True):
-            total[0, :, y0:y1, x0:x1] += window_scores
-            count[0, :, y0:y1, x0:x1] += 1
-    return total.div_(count)
+        for box, window_scores in zip(boxes, class_scores(logits, shift), strict=True):
+            average.add(box, window_scores)
+    return average.result()
 
 
 def pad_to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
