@@ -132,4 +132,4 @@ def test_segment_command_takes_a_hub_name(published, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "out" / "photo.json").read_text())
-    assert summary["settings"]["checkpoint"] == str((snapshot / "model.safetensors").resolve())
+    assert summary["settings"]["checkpoint"]["path"] == str((snapshot / "model.safetensors").resolve())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli.segment import output_paths, output_settings, write_outputs
+from .cli.segment import file_identity, output_paths, output_settings, write_outputs
 from .data.images import load_image
 from .segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
 from .utils import UserError
@@ -106,7 +106,7 @@ class SegmentationPage:
         paths = output_paths(folder, image_file, with_scores=False)
         settings = output_settings(self.args, self.segmenter, prediction.names, background, scores=False)
         colors = palette(len(prediction.names))
-        write_outputs(image_file, self.segmenter.image, prediction, paths, colors, settings)
+        write_outputs(image_file, self.segmenter.image, prediction, paths, colors, settings, file_identity(image_file))
         found = int((prediction.pixel_share > 0).sum())
         status = f"{found} of {len(prediction.names)} names found."
         if self.random_weights:
