@@ -389,7 +389,7 @@ def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
         counts = ", ".join(f"{count} in process {rank}" for rank, (count, _, _) in enumerate(shares))
         split = f" over {info.world_size} processes ({counts})"
     rates = [r for _, _, r in shares if r is not None]
-    speed = f"; {sum(rates):.3f} images/s after the first" if rates else ""
+    speed = f"; {sum(rates):.3f} images/s" if rates else ""
     print(
         f"segmented {len(images)} image(s){split} into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
         + (", *_scores.npz" if args.scores else "")
@@ -408,7 +408,7 @@ def segment_images(
     settings: dict,
     show_progress: bool,
 ) -> float | None:
-    """Segment `images` and write their outputs; images per second after the first (None for fewer than two).
+    """Segment `images` and write their outputs; images per second (reading, model and writing; None for none).
 
     DataLoader workers decode and resize the next images while the model runs on the windows of the current ones.
     """
@@ -422,14 +422,12 @@ def segment_images(
 
     predictions = segmenter.predict_many(decoded(), names, args.background, args.scores, np.float16)
     progress = tqdm(total=len(images), desc="segment", unit="image", disable=not show_progress or len(images) < 2)
-    finished: list[float] = []  # when each image's files were written
+    start = time.perf_counter()
     for item, prediction in predictions:
         path = images[item["index"]]
         picture = Image.fromarray(item["image"].numpy())
         write_outputs(path, picture, prediction, plan[path], colors, settings, file_identity(path))
         progress.update()
-        finished.append(time.perf_counter())
     progress.close()
-    if len(finished) < 2 or finished[-1] == finished[0]:
-        return None
-    return (len(finished) - 1) / (finished[-1] - finished[0])
+    # Images complete in bursts (several share a forward), so the rate is over the whole loop, first forward included.
+    return len(images) / (time.perf_counter() - start) if images else None
