@@ -48,10 +48,13 @@ def segment_command(folder: Path, weights: Path, out: Path, processes: int) -> l
     return [sys.executable, *command]
 
 
-def run(command: list[str], cache: Path) -> str:
+def environment(cache: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env["CASCADECLIP_CACHE"] = str(cache)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return env | {"CASCADECLIP_CACHE": str(cache)}
+
+
+def run(command: list[str], cache: Path) -> str:
+    done = subprocess.run(command, env=environment(cache), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -86,3 +89,19 @@ def test_two_processes_write_what_one_writes_and_a_rerun_skips(folder_and_weight
     printed = run(segment_command(folder, weights, two, 2), tmp_path / "cache")
     assert "(5 already done, skipped)" in printed
     assert before == {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
+
+
+@pytest.mark.distributed
+def test_a_file_of_the_users_in_out_stops_every_process_before_any_is_written(folder_and_weights, tmp_path):
+    folder, weights = folder_and_weights
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "noise_a_overlay.png").write_bytes(b"the user's own picture")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["CASCADECLIP_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        segment_command(folder, weights, out, 2), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode != 0 and "were not written by cascade-clip (noise_a_overlay.png)" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["noise_a_overlay.png"]
+    assert (out / "noise_a_overlay.png").read_bytes() == b"the user's own picture"

@@ -39,9 +39,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from ..data.image_files import image_loader, unreadable_images
+from ..data.image_files import image_loader, reissue_warnings, unreadable_images
 from ..data.images import IMAGE_SUFFIXES
-from ..engine.distributed import DistInfo, all_gather_objects, barrier, check_device, cleanup, init_distributed
+from ..engine.distributed import DistInfo, all_gather_objects, check_device, cleanup, init_distributed
 from ..factory import WEIGHTS_HELP, resolve_checkpoint
 from ..manifest import Manifest
 from ..outputs import check_name, check_output_folder
@@ -201,6 +201,20 @@ def check_readable(images: list[Path], workers: int) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more images that cannot be read)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
+
+
+def claim_outputs(manifest: Manifest, outputs: list[Path], is_main: bool) -> None:
+    """The main process claims the outputs in --out's manifest; every process hears if that was refused (a file of
+    the user's appeared since the check), so that none starts writing."""
+    refusal = None
+    if is_main:
+        try:
+            manifest.claim(outputs, "--out")
+        except UserError as err:
+            refusal = str(err)
+    refusals = [r for r in all_gather_objects(refusal) if r is not None]
+    if refusals:
+        raise UserError(refusals[0])
 
 
 def output_paths(out: Path, image: Path, with_scores: bool) -> dict[str, Path | None]:
@@ -373,9 +387,7 @@ def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
     share = images[info.rank :: info.world_size]
     check_readable(share, args.workers)
     segmenter = build_segmenter(args, device=str(info.device) if info.world_size > 1 else None)
-    if info.is_main:
-        manifest.claim(outputs, "--out")
-    barrier()
+    claim_outputs(manifest, outputs, info.is_main)
     settings = output_settings(args, segmenter, names, args.background, args.scores)
     todo = [p for p in share if args.overwrite or not is_done(plan[p], settings, file_identity(p))]
     rate = segment_images(segmenter, todo, plan, names, args, settings, show_progress=info.is_main)
@@ -418,9 +430,11 @@ def segment_images(
         for item in image_loader(images, segmenter.short_side, args.workers):
             if item["error"] is not None:  # it could be read at the start: changed since
                 raise UserError(item["error"])
+            reissue_warnings(item)
             yield item, item["tensor"], tuple(item["image"].shape[:2])
 
     predictions = segmenter.predict_many(decoded(), names, args.background, args.scores, np.float16)
+    segmenter.class_embeddings(names)  # embedded (or read from the cache) before the clock starts
     progress = tqdm(total=len(images), desc="segment", unit="image", disable=not show_progress or len(images) < 2)
     start = time.perf_counter()
     for item, prediction in predictions:
