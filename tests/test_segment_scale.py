@@ -105,3 +105,14 @@ def test_a_file_of_the_users_in_out_stops_every_process_before_any_is_written(fo
     assert done.returncode != 0 and "were not written by cascade-clip (noise_a_overlay.png)" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["noise_a_overlay.png"]
     assert (out / "noise_a_overlay.png").read_bytes() == b"the user's own picture"
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_runs_in_its_quick_mode(tmp_path):
+    """A smoke test of benchmarks/segment_throughput.py (its figures are measured on a quiet machine, not here).
+    Slow: four ViT-B/16-sized models are built, in three processes."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "segment_throughput.py"
+    printed = run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "results.md")], tmp_path / "cache")
+    assert printed.count("images/s") == 2 and "10 names:" in printed
+    results = (tmp_path / "results.md").read_text()
+    assert "QUICK SMOKE RUN" in results and "| 10 |" in results and "new names" in results
