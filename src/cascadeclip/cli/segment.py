@@ -401,7 +401,8 @@ def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
         counts = ", ".join(f"{count} in process {rank}" for rank, (count, _, _) in enumerate(shares))
         split = f" over {info.world_size} processes ({counts})"
     rates = [r for _, _, r in shares if r is not None]
-    speed = f"; {sum(rates):.3f} images/s" if rates else ""
+    segmented = len(images) - done
+    speed = f"; {sum(rates):.3f} images/s" if rates and segmented > 1 else ""  # as the progress bar: not for one
     print(
         f"segmented {len(images)} image(s){split} into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
         + (", *_scores.npz" if args.scores else "")
