@@ -40,7 +40,7 @@ def test_templates_are_encoded_normalised_averaged_and_renormalised():
     torch.manual_seed(0)
     tower = TextEncoder(TextEncoderConfig(width=32, heads=2, layers=1, output_dim=16)).eval()
     names = ("cat", "traffic light")
-    multi = class_embeddings(names, "multi", text_encoder=tower)
+    multi = class_embeddings(names, "multi", text_encoder=tower)  # run on the prompts' length, expected on 77 tokens
     with torch.no_grad():
         expected = torch.stack(
             [F.normalize(tower(tokenize([t.format(n) for t in MULTI_TEMPLATES])).mean(0), dim=-1) for n in names]

@@ -15,7 +15,8 @@ One entry per source of weights:
   and the class set as JSON, so loading them runs no pickle.
 
 `load_checkpoint` loads either kind of Cascade-CLIP checkpoint, telling them apart by the file name's suffix;
-`load_segmentation_weights` adds the text tower the `Segmenter` needs.
+`load_segmentation_weights` adds the text tower the `Segmenter` needs, and also takes the name of a model on the
+Hugging Face Hub (`resolve_checkpoint`). `save_hub_folder` writes the folder such a model is published from.
 
 Loading `.pt`/`.pth` files unpickles them, which can run code: only load files you trust, from paths you gave.
 """
@@ -26,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ClassesConfig, ModelConfig, TextEncoderConfig, merge, to_dict, validate
+from .model_card import model_card
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.image_encoder import resize_positional_grid
 from .modeling.text_encoder import TextEncoder
@@ -489,6 +492,85 @@ def _metadata_config(path: Path, metadata: dict[str, str], key: str, default: An
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The Hugging Face Hub: a folder of our file, its configuration and a model card
+# ----------------------------------------------------------------------------------------------------------------
+
+HUB_WEIGHTS_FILE = "model.safetensors"
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def save_hub_folder(
+    folder: str | Path, model: CascadeCLIP, classes: ClassesConfig | None, repo_id: str | None = None, **info: Any
+) -> None:
+    """Write the folder a model is published from on the Hugging Face Hub: `model.safetensors` (`save_model`),
+    `config.json` (the configuration and class set, for people and tools that read it) and the model card
+    `README.md`. `info` needs `source` (the file converted); `preset` is shown when given."""
+    folder = Path(folder)
+    save_model(folder / HUB_WEIGHTS_FILE, model, classes, **info)
+    config = {"model_config": to_dict(model.cfg), "classes": to_dict(classes) if classes else None, "info": info}
+    atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    card = model_card(model.cfg, classes, info["source"], info.get("preset"), repo_id)
+    atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card, encoding="utf-8"))
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """The local file of a checkpoint given by path or by the name of a Hugging Face Hub model ("org/name").
+
+    A path that exists always wins: a file is itself, a folder (as `save_hub_folder` writes) gives its
+    model.safetensors. Otherwise a name of the form "org/name" is a Hub model: its model.safetensors comes from the
+    local Hub cache ($HF_HOME/hub) or is downloaded into it (not with HF_HUB_OFFLINE=1). Anything else is returned
+    as given, for the loaders to report missing.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / HUB_WEIGHTS_FILE).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} is a folder without {HUB_WEIGHTS_FILE}; give the weights file inside it"
+            )
+        return path / HUB_WEIGHTS_FILE
+    if path.exists() or not _HUB_NAME.fullmatch(str(name)) or path.suffix in _WEIGHT_SUFFIXES:
+        return path
+    return _hub_download(str(name))
+
+
+def _hub_download(repo_id: str) -> Path:
+    """model.safetensors of the Hub model `repo_id`, from the cache or downloaded; CheckpointError saying why not."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    neither = f"{repo_id} is neither a local file nor"
+    try:
+        return Path(hf_hub_download(repo_id, HUB_WEIGHTS_FILE))
+    except LocalEntryNotFoundError as err:  # no copy in the cache, and no download
+        if constants.HF_HUB_OFFLINE:
+            raise CheckpointError(
+                f"{neither} in the Hugging Face cache ({constants.HF_HUB_CACHE}), and downloads are off "
+                "(HF_HUB_OFFLINE=1): download it once with network access, or give the path of a checkpoint file"
+            ) from None
+        raise CheckpointError(
+            f"{neither} in the Hugging Face cache, and the Hub cannot be reached to download it "
+            f"({err.__cause__ or err}): check the network, or give the path of a checkpoint file"
+        ) from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{neither} a model on the Hugging Face Hub (a private or gated model needs `hf auth login`)"
+        ) from None
+    except EntryNotFoundError:
+        raise CheckpointError(
+            f"the Hugging Face Hub model {repo_id} has no {HUB_WEIGHTS_FILE}, so it is not a cascadeclip model "
+            "(`cascade-clip convert FILE.pth --hub-dir DIR` makes the folder to publish)"
+        ) from None
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"downloading {repo_id} from the Hugging Face Hub failed: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Loading a Cascade-CLIP checkpoint of either kind
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -604,11 +686,10 @@ def load_segmentation_weights(
 ) -> tuple[CascadeCLIP, TextEncoder]:
     """(model, text tower) from a Cascade-CLIP checkpoint and, optionally, OpenAI CLIP weights for the text tower.
 
-    Raises UserError naming the missing or unsuitable file, with where to get the right one.
+    `checkpoint` is a path or a Hugging Face Hub name (see `resolve_checkpoint`). Raises UserError naming the
+    missing or unsuitable file, with where to get the right one.
     """
-    checkpoint = Path(checkpoint).expanduser()
-    if checkpoint.is_dir():
-        raise UserError(f"checkpoint {checkpoint} is a folder; give the weights file inside it")
+    checkpoint = resolve_checkpoint(checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} not found. {WEIGHTS_HELP}")
     if clip_weights is not None and not Path(clip_weights).expanduser().is_file():

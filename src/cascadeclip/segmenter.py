@@ -5,6 +5,10 @@
     for segment in segmenter("photo.jpg", candidate_labels=["cat", "sofa", "floor"]):
         print(segment["label"], segment["score"], segment["mask"].size)
 
+To try several sets of names on one image, encode it once, in the manner of segment-anything's predictor:
+`segmenter.set_image("photo.jpg")`, then `segmenter.predict(["cat", "dog"])` or `segmenter(["cat", "rug"])` run
+only the head (a small part of the work) on the kept output of the image encoder.
+
 Scores are the model's per-class sigmoid probabilities, computed independently for each name. For names you choose
 there is no seen/unseen split, so the authors' inductive shift (-0.1 on seen classes;
 docs/authors-code.md#the-seen-class-shift-acts-on-probabilities) is not applied: every name is scored the same way.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +37,11 @@ from .data.images import load_image
 from .data.transforms import short_side_size, test_image_tensor
 from .engine.distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
+from .inference.encoded_image import EncodedImage, decode_scores, encode_image
 from .inference.fast_path import fast_inference
 from .inference.fast_path import keep_freed_memory as _keep_freed_memory
-from .inference.predict import protocol_scores
 from .inference.text_embeddings import TextEmbeddingCache, templates_for
+from .inference.window_stream import stream_scores
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.text_encoder import TextEncoder
 from .utils import UserError
@@ -171,11 +177,23 @@ class Segmenter:
             self.model.store_encoder_in_bf16()
         self.text_encoder = text_encoder.eval().to(self.device)
         self.templates = templates
-        self.mode, self.short_side = mode, self.protocol.short_side
+        self.short_side = self.protocol.short_side
         self.bf16 = bf16
         self.text_cache = TextEmbeddingCache(
             self.text_encoder, templates_for(templates), Path(cache_dir) if cache_dir else default_cache_dir()
         )
+        self.image: Image.Image | None = None  # the image of `set_image`, upright 8-bit RGB
+        self._encoded: EncodedImage | None = None
+
+    @property
+    def mode(self) -> str:
+        """ "slide" or "whole"; setting it checks it as the constructor does. An image given to `set_image` before
+        keeps the windows it was encoded with until it is set again."""
+        return self.protocol.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.protocol = validate(dataclasses.replace(self.protocol, mode=mode))
 
     @classmethod
     def from_pretrained(
@@ -208,56 +226,110 @@ class Segmenter:
         """(C, D) unit-norm embeddings of `names`, from the cache where possible, else from the text tower."""
         return self.text_cache.embeddings(list(names))
 
+    def set_image(self, image: str | Path | Image.Image | np.ndarray) -> None:
+        """Run the image encoder on `image` (each sliding window, in slide mode) and keep its output, so that
+        `predict(candidate_labels)` and `self(candidate_labels)` run only the head. Replaces the previous image."""
+        rgb = load_image(image)
+        with self._inference():
+            test = self.protocol
+            self._encoded = encode_image(
+                self.model,
+                self.preprocess(rgb).to(self.device),
+                test.mode,
+                test.crop_size,
+                test.stride,
+                test.window_batch,
+            )
+        self.image = rgb
+
     @torch.inference_mode()
     def predict(
         self,
-        image: str | Path | Image.Image | np.ndarray,
-        candidate_labels: list[str] | tuple[str, ...],
+        image: str | Path | Image.Image | np.ndarray | list[str],
+        candidate_labels: list[str] | tuple[str, ...] | None = None,
         background: float | None = None,
         scores: bool = True,
         scores_dtype: type = np.float32,
     ) -> Prediction:
         """Label map, per-class figures and (if `scores`) probability maps of one image, at its own resolution.
 
+        `predict(image, candidate_labels)` runs the whole model on `image`; `predict(candidate_labels)` only the
+        head, on the image given to `set_image`. The two give the same numbers up to float rounding.
+
         Args:
             image: a path, a PIL image or an (H, W[, C]) array (see `data.images.load_image`).
             candidate_labels: the class names, any words.
             background: if given, pixels where no name's probability reaches it are labelled 255 (background).
         """
+        image, names = self._image_and_names(image, candidate_labels)
+        if background is not None and not 0 < background < 1:
+            raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+        if image is not None:
+            rgb = load_image(image)
+            items = [(None, self.preprocess(rgb), (rgb.height, rgb.width))]
+            return next(self.predict_many(items, names, background, scores, scores_dtype))[1]
+        text = self.class_embeddings(names).to(self.device)
+        with self._inference():
+            working = decode_scores(self.model, self._encoded, text)
+            _check_finite(working)
+            size = (self.image.height, self.image.width)
+            return _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+
+    def predict_many(
+        self,
+        images: Iterable[tuple[object, torch.Tensor, tuple[int, int]]],
+        candidate_labels: list[str] | tuple[str, ...],
+        background: float | None = None,
+        scores: bool = True,
+        scores_dtype: type = np.float32,
+    ) -> Iterator[tuple[object, Prediction]]:
+        """(key, Prediction) of many images, as each completes; the windows of consecutive images go through the
+        model together, `window_batch` at a time (`inference.window_stream`).
+
+        Args:
+            images: (key, (1, 3, h, w) tensor made by `preprocess`, (H, W) size of the prediction) per image; the
+                key is anything that identifies the image to the caller.
+            candidate_labels, background, scores, scores_dtype: as for `predict`.
+        """
         names = check_class_names(candidate_labels)
         if background is not None and not 0 < background < 1:
             raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
-        rgb = load_image(image)
-        height, width = short_side_size(rgb.height, rgb.width, self.short_side)
-        if height * width > MAX_WORKING_PIXELS:
-            raise UserError(
-                f"the image ({rgb.width}x{rgb.height}) would be {width}x{height} at inference (short side "
-                f"{self.short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a "
-                "smaller short side"
-            )
         text = self.class_embeddings(names).to(self.device)
-        working = self._working_scores(rgb, text)
-        if not torch.isfinite(working).all():
-            raise UserError(
-                "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
-                "are damaged. Check the weights file (or its text tower) and the embedding cache"
-            )
-        return _summarize(working, (rgb.height, rgb.width), names, background, scores, scores_dtype)
+        waiting: dict[int, tuple[object, tuple[int, int]]] = {}  # key and prediction size of the images in flight
+
+        def numbered():
+            for number, (key, tensor, size) in enumerate(images):
+                check_working_size(tensor.shape[-2:], size, self.short_side)
+                waiting[number] = key, size
+                yield number, tensor
+
+        test = self.protocol
+        stream = stream_scores(self.model, numbered(), text, test.mode, test.crop_size, test.stride, test.window_batch)
+        while True:
+            with self._inference():  # not around the caller's work between two images
+                done = next(stream, None)
+                if done is None:
+                    return
+                number, working = done
+                _check_finite(working)
+                key, size = waiting.pop(number)
+                prediction = _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+            yield key, prediction
 
     def __call__(
         self,
         image: str | Path | Image.Image | np.ndarray | list,
-        candidate_labels: list[str] | tuple[str, ...],
+        candidate_labels: list[str] | tuple[str, ...] | None = None,
         background: float | None = None,
     ) -> list[dict] | list[list[dict]]:
         """One `{"label", "score", "mask"}` per candidate label, in the order given; a list of such lists for a
-        list of images.
+        list of images. `self(candidate_labels)` segments the image given to `set_image`.
 
         "mask" is a PIL "L" image of the image's size, 255 where the label wins and 0 elsewhere; the masks partition
         the image. "score" is the label's mean probability over its mask (0.0 for an empty mask). With a background
         threshold a last entry labelled "background" (score None) holds the pixels no label claims.
         """
-        if isinstance(image, (list, tuple)):
+        if candidate_labels is not None and isinstance(image, (list, tuple)):
             return [self(item, candidate_labels, background) for item in image]
         prediction = self.predict(image, candidate_labels, background, scores=False)
         segments = [
@@ -270,12 +342,46 @@ class Segmenter:
             )
         return segments
 
-    def _working_scores(self, image: Image.Image, text: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) probabilities at the inference resolution (short side `short_side`)."""
-        tensor = test_image_tensor(image, self.short_side).to(self.device)
-        with fast_inference(self.device, "bf16" if self.bf16 else "fp32"):
-            scores = protocol_scores(self.model, tensor, text, None, self.protocol)
-        return scores[0].float()
+    def _image_and_names(self, image, candidate_labels) -> tuple[object | None, list[str]]:
+        """(image, checked names) of a call `f(image, names)`, or (None, names) of a call `f(names)` after
+        `set_image`."""
+        if candidate_labels is not None:
+            return image, check_class_names(candidate_labels)
+        if not isinstance(image, (list, tuple)):
+            raise UserError(
+                "no class names given: call predict(image, candidate_labels), or set_image(image) and then "
+                "predict(candidate_labels)"
+            )
+        if self._encoded is None:
+            raise UserError("no image to segment: call set_image(image) first, or predict(image, candidate_labels)")
+        return None, check_class_names(image)
+
+    def _inference(self):
+        return fast_inference(self.device, "bf16" if self.bf16 else "fp32")
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, h, w) normalised tensor of an RGB image at the inference resolution (short side `short_side`)."""
+        working = short_side_size(image.height, image.width, self.short_side)
+        check_working_size(working, (image.height, image.width), self.short_side)
+        return test_image_tensor(image, self.short_side)
+
+
+def check_working_size(working: tuple[int, int], size: tuple[int, int], short_side: int) -> None:
+    """UserError when an image of `size` (H, W) would be too large at its inference size `working` (h, w)."""
+    if working[0] * working[1] > MAX_WORKING_PIXELS:
+        raise UserError(
+            f"the image ({size[1]}x{size[0]}) would be {working[1]}x{working[0]} at inference (short side "
+            f"{short_side}): too large to hold the scores of every class. Crop it into pieces, or choose a smaller "
+            "short side"
+        )
+
+
+def _check_finite(scores: torch.Tensor) -> None:
+    if not torch.isfinite(scores).all():
+        raise UserError(
+            "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
+            "are damaged. Check the weights file (or its text tower) and the embedding cache"
+        )
 
 
 def _mask(selected: np.ndarray) -> Image.Image:

@@ -32,6 +32,7 @@ from ..utils import UserError
 SUBCOMMANDS = {
     "demo": "demo",
     "segment": "segment",
+    "app": "app",
     "train": "train",
     "test": "test",
     "check-data": "check_data",

@@ -16,6 +16,11 @@ stops the run before it starts. Folders and patterns given as inputs leave out t
 Each file is written atomically and the JSON last, so an interrupted run resumes: an image is skipped when its JSON
 records the same settings, the same weights files (path, size, modification time) and the same input (size,
 modification time); an image or weights file replaced at the same path is segmented again.
+
+At scale: images are decoded and resized in DataLoader worker processes (--workers) while the model runs, the windows
+of consecutive images go through the model together (`Segmenter.predict_many`), and a progress bar shows images per
+second. `torchrun --nproc-per-node N -m cascadeclip segment ...` splits the images over N processes (process r takes
+every N-th image from the r-th): each image is written once, by one process, and a rerun still skips finished ones.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import glob
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,15 +39,16 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from ..data.images import IMAGE_SUFFIXES, load_image
-from ..engine.distributed import check_device
-from ..factory import WEIGHTS_HELP
+from ..data.image_files import image_loader, reissue_warnings, unreadable_images
+from ..data.images import IMAGE_SUFFIXES
+from ..engine.distributed import DistInfo, all_gather_objects, check_device, cleanup, init_distributed
+from ..factory import WEIGHTS_HELP, resolve_checkpoint
 from ..manifest import Manifest
 from ..outputs import check_name, check_output_folder
 from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
 from ..utils import UserError, atomic_write
 from ..visualize import BACKGROUND_LABEL, IGNORE_COLOR, palette, segmentation_overlay
-from .options import positive_int
+from .options import non_negative_int, positive_int
 
 HELP = "segment images with any class names (writes label PNGs, overlays with a legend, JSON summaries)"
 
@@ -59,9 +66,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--classes-file", type=Path, help="a text file with one class name per line (blank lines skipped)"
     )
     parser.add_argument(
+        "--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--background",
+        type=float,
+        nargs="?",
+        const=0.5,
+        metavar="T",
+        help="label pixels where no class reaches probability T (default 0.5) as background (255)",
+    )
+    parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
+    add_model_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        help="processes that decode and resize images while the model runs (default: %(default)s; 0: none)",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that build the `Segmenter` (`build_segmenter`): weights, inference mode, templates, device."""
+    parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only) or a cascadeclip .safetensors",
+        help="Cascade-CLIP weights: an authors' .pth (a pickle: trusted files only), a cascadeclip .safetensors, "
+        "or the name of a model on the Hugging Face Hub (ORG/NAME; a local path of that name wins)",
     )
     parser.add_argument(
         "--clip-weights",
@@ -74,18 +106,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke test only: a ViT-B/16-sized model with random weights; the output is meaningless",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("outputs/segment"), help="output folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--background",
-        type=float,
-        nargs="?",
-        const=0.5,
-        metavar="T",
-        help="label pixels where no class reaches probability T (default 0.5) as background (255)",
-    )
-    parser.add_argument("--scores", action="store_true", help="also write the per-class probability maps (.npz)")
     parser.add_argument(
         "--mode",
         choices=["slide", "whole"],
@@ -104,7 +124,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bf16", action="store_true", help="run the image encoder in bfloat16 (the head stays in fp32)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
 
 
 def read_class_names(args: argparse.Namespace) -> list[str]:
@@ -172,9 +191,30 @@ def find_images(inputs: list[str]) -> list[Path]:
                 "rename one or segment them into different --out folders"
             )
         stems[path.stem] = path
-    for path in found:
-        load_image(path)  # every image decodes before anything is written
     return found
+
+
+def check_readable(images: list[Path], workers: int) -> None:
+    """UserError naming an image that cannot be decoded; each process checks its own share, with `workers` processes,
+    and all hear of a failure (so that none starts writing)."""
+    problems = [message for share in all_gather_objects(unreadable_images(images, workers)) for message in share]
+    if problems:
+        more = f" (and {len(problems) - 1} more images that cannot be read)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+
+
+def claim_outputs(manifest: Manifest, outputs: list[Path], is_main: bool) -> None:
+    """The main process claims the outputs in --out's manifest; every process hears if that was refused (a file of
+    the user's appeared since the check), so that none starts writing."""
+    refusal = None
+    if is_main:
+        try:
+            manifest.claim(outputs, "--out")
+        except UserError as err:
+            refusal = str(err)
+    refusals = [r for r in all_gather_objects(refusal) if r is not None]
+    if refusals:
+        raise UserError(refusals[0])
 
 
 def output_paths(out: Path, image: Path, with_scores: bool) -> dict[str, Path | None]:
@@ -272,9 +312,10 @@ def write_outputs(
     atomic_write(paths["summary"], lambda tmp: tmp.write_text(text))
 
 
-def build_segmenter(args: argparse.Namespace) -> Segmenter:
+def build_segmenter(args: argparse.Namespace, device: str | None = None) -> Segmenter:
+    """The Segmenter the options ask for, on `device` (default: --device)."""
     options = dict(
-        device=args.device,
+        device=device or args.device,
         templates="single" if args.single_template else "multi",
         mode=args.mode,
         short_side=args.short_side,
@@ -292,7 +333,24 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
             return Segmenter.with_random_weights(**options)
     if args.checkpoint is None:
         raise UserError(f"no --checkpoint given. {WEIGHTS_HELP}")
+    args.checkpoint = resolve_checkpoint(args.checkpoint)  # a Hub name becomes its file, recorded with the outputs
     return Segmenter.from_pretrained(args.checkpoint, args.clip_weights, **options)
+
+
+def output_settings(
+    args: argparse.Namespace, segmenter: Segmenter, names: list[str], background: float | None, scores: bool
+) -> dict:
+    """What made an image's outputs (recorded in its JSON; a rerun with other settings redoes the image)."""
+    return {
+        "classes": names,
+        "checkpoint": "random" if args.random_weights else file_identity(args.checkpoint),
+        "clip_weights": file_identity(args.clip_weights) if args.clip_weights else None,
+        "templates": segmenter.templates,
+        "mode": segmenter.mode,
+        "short_side": segmenter.short_side,
+        "background": background,
+        "scores": scores,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,6 +366,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     check_device(args.device)
+    info = init_distributed(args.device)  # under torchrun: this process's rank and device
+    try:
+        return _segment(args, names, info)
+    finally:
+        cleanup()
+
+
+def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
+    """Everything is checked by every process (each decodes its own share of the images) before the main process
+    claims the outputs; then each process segments its share."""
     out = check_output_folder(args.out, "--out")
     manifest = Manifest(out)
     images = find_images(args.inputs)
@@ -316,32 +384,65 @@ def run(args: argparse.Namespace) -> int:
     for path in outputs:
         check_name(path.name, f"output {path}")
     manifest.refuse_foreign(outputs, "--out")
-    segmenter = build_segmenter(args)
-    manifest.claim(outputs, "--out")
-    settings = {
-        "classes": names,
-        "checkpoint": "random" if args.random_weights else file_identity(args.checkpoint),
-        "clip_weights": file_identity(args.clip_weights) if args.clip_weights else None,
-        "templates": segmenter.templates,
-        "mode": segmenter.mode,
-        "short_side": segmenter.short_side,
-        "background": args.background,
-        "scores": args.scores,
-    }
-    colors = palette(len(names))
-    done = 0
-    for image_path, paths in tqdm(plan.items(), desc="segment", unit="image", disable=len(images) < 2):
-        source = file_identity(image_path)
-        if not args.overwrite and is_done(paths, settings, source):
-            done += 1
-            continue
-        image = load_image(image_path)
-        prediction = segmenter.predict(image, names, args.background, scores=args.scores, scores_dtype=np.float16)
-        write_outputs(image_path, image, prediction, paths, colors, settings, source)
+    share = images[info.rank :: info.world_size]
+    check_readable(share, args.workers)
+    segmenter = build_segmenter(args, device=str(info.device) if info.world_size > 1 else None)
+    claim_outputs(manifest, outputs, info.is_main)
+    settings = output_settings(args, segmenter, names, args.background, args.scores)
+    todo = [p for p in share if args.overwrite or not is_done(plan[p], settings, file_identity(p))]
+    rate = segment_images(segmenter, todo, plan, names, args, settings, show_progress=info.is_main)
+    shares = all_gather_objects((len(share), len(share) - len(todo), rate))
+    if not info.is_main:
+        return 0
+    done = sum(skipped for _, skipped, _ in shares)
     skipped = f" ({done} already done, skipped)" if done else ""
+    split = ""
+    if info.world_size > 1:
+        counts = ", ".join(f"{count} in process {rank}" for rank, (count, _, _) in enumerate(shares))
+        split = f" over {info.world_size} processes ({counts})"
+    rates = [r for _, _, r in shares if r is not None]
+    segmented = len(images) - done
+    speed = f"; {sum(rates):.3f} images/s" if rates and segmented > 1 else ""  # as the progress bar: not for one
     print(
-        f"segmented {len(images)} image(s) into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
+        f"segmented {len(images)} image(s){split} into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
         + (", *_scores.npz" if args.scores else "")
+        + speed
         + (". The weights were RANDOM: the labels are meaningless" if args.random_weights else "")
     )
     return 0
+
+
+def segment_images(
+    segmenter: Segmenter,
+    images: list[Path],
+    plan: dict[Path, dict],
+    names: list[str],
+    args: argparse.Namespace,
+    settings: dict,
+    show_progress: bool,
+) -> float | None:
+    """Segment `images` and write their outputs; images per second (reading, model and writing; None for none).
+
+    DataLoader workers decode and resize the next images while the model runs on the windows of the current ones.
+    """
+    colors = palette(len(names))
+
+    def decoded():
+        for item in image_loader(images, segmenter.short_side, args.workers):
+            if item["error"] is not None:  # it could be read at the start: changed since
+                raise UserError(item["error"])
+            reissue_warnings(item)
+            yield item, item["tensor"], tuple(item["image"].shape[:2])
+
+    predictions = segmenter.predict_many(decoded(), names, args.background, args.scores, np.float16)
+    segmenter.class_embeddings(names)  # embedded (or read from the cache) before the clock starts
+    progress = tqdm(total=len(images), desc="segment", unit="image", disable=not show_progress or len(images) < 2)
+    start = time.perf_counter()
+    for item, prediction in predictions:
+        path = images[item["index"]]
+        picture = Image.fromarray(item["image"].numpy())
+        write_outputs(path, picture, prediction, plan[path], colors, settings, file_identity(path))
+        progress.update()
+    progress.close()
+    # Images complete in bursts (several share a forward), so the rate is over the whole loop, first forward included.
+    return len(images) / (time.perf_counter() - start) if images else None

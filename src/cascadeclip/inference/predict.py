@@ -8,6 +8,8 @@ over overlapping windows after the shift.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +42,64 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return sorted({max(min(k * stride + crop, length) - crop, 0) for k in range(count)})
 
 
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) of the overlapping square windows over an image, row by row."""
+    return [
+        (y, x, min(y + crop, height), min(x + crop, width))
+        for y in window_starts(height, crop, stride)
+        for x in window_starts(width, crop, stride)
+    ]
+
+
+class WindowAverage:
+    """The scores of one image averaged over overlapping windows, added window by window.
+
+    Each window's probabilities are added where it lies, and at the end each pixel is divided by the number of
+    windows covering it.
+    """
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = tuple(size)
+        self.total: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor) -> None:
+        """Add the (C, y1 - y0, x1 - x0) probabilities of the window `box` = (y0, x0, y1, x1)."""
+        if self.total is None:  # in the layout of the model's output, which resizing and argmax then run on
+            channels_last = scores[None].is_contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            self.total = torch.empty((1, scores.shape[0], *self.size), device=scores.device, memory_format=layout)
+            self.total.zero_()
+            self.count = scores.new_zeros((1, 1, *self.size), dtype=torch.float32)
+        y0, x0, y1, x1 = box
+        self.total[0, :, y0:y1, x0:x1] += scores
+        self.count[0, :, y0:y1, x0:x1] += 1
+
+    def result(self) -> torch.Tensor:
+        """(1, C, *size) window-averaged scores (computed in place of the running sum)."""
+        return self.total.div_(self.count)
+
+
+def average_windows(
+    windows: Iterable[tuple[list[tuple[int, int, int, int]], torch.Tensor]],
+    size: tuple[int, int],
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(1, C, *size) scores averaged over overlapping windows, from (boxes, (len(boxes), C, h, w) logits) chunks;
+    the probabilities are shifted by `shift` (see `class_scores`) before averaging."""
+    average = WindowAverage(size)
+    for boxes, logits in windows:
+        for box, window_scores in zip(boxes, class_scores(logits, shift), strict=True):
+            average.add(box, window_scores)
+    return average.result()
+
+
+def pad_to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) normalised images padded right and bottom with 0 (the mean colour) to multiples of `patch`."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, -width % patch, 0, -height % patch))
+
+
 @torch.no_grad()
 def slide_scores(
     model: CascadeCLIP,
@@ -60,25 +120,15 @@ def slide_scores(
     Returns:
         (1, C, H, W) window-averaged scores.
     """
-    _, _, height, width = image.shape
-    boxes = [
-        (y, x, min(y + crop, height), min(x + crop, width))
-        for y in window_starts(height, crop, stride)
-        for x in window_starts(width, crop, stride)
-    ]
-    total, count = None, image.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for i in range(0, len(boxes), window_batch):
-        chunk = boxes[i : i + window_batch]
-        windows = torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])
-        scores = class_scores(model(windows, text), shift)
-        if total is None:  # in the layout of the model's output, which resizing and argmax then run on
-            channels_last = scores.is_contiguous(memory_format=torch.channels_last)
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-            total = torch.empty((1, text.shape[0], height, width), device=image.device, memory_format=layout).zero_()
-        for (y0, x0, y1, x1), window_scores in zip(chunk, scores, strict=True):
-            total[0, :, y0:y1, x0:x1] += window_scores
-            count[0, :, y0:y1, x0:x1] += 1
-    return total.div_(count)
+    boxes = window_boxes(*image.shape[-2:], crop, stride)
+    chunks = (boxes[i : i + window_batch] for i in range(0, len(boxes), window_batch))
+    windows = ((chunk, model(crop_windows(image, chunk), text)) for chunk in chunks)
+    return average_windows(windows, image.shape[-2:], shift)
+
+
+def crop_windows(image: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """(1, 3, H, W) image -> (len(boxes), 3, h, w) windows (all boxes of one size)."""
+    return torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
 
 
 @torch.no_grad()
@@ -103,8 +153,7 @@ def predict_scores(
         scores = torch.cat([slide_scores(model, img[None], text, shift, crop, stride, window_batch) for img in images])
     elif mode == "whole":
         height, width = images.shape[-2:]
-        patch = model.cfg.image_encoder.patch_size
-        padded = F.pad(images, (0, -width % patch, 0, -height % patch))
+        padded = pad_to_patches(images, model.cfg.image_encoder.patch_size)
         scores = class_scores(model(padded, text), shift)[..., :height, :width]
     else:
         raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")

@@ -101,6 +101,9 @@ def encode_class_names(
     rows = []
     for name in names:
         tokens = tokenize([t.format(name) for t in templates], context_length=context).to(device)
+        # Attention is causal and the embedding is read at the end-of-text token, so the padding after the longest
+        # prompt changes nothing: cut it (prompts are some 10 of the 77 tokens: several times less work).
+        tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]  # through the last end-of-text token (largest id)
         rows.append(F.normalize(text_encoder(tokens).float().mean(0), dim=-1))
     return torch.stack(rows)
 

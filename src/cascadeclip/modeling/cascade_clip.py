@@ -60,7 +60,7 @@ class CascadeCLIP(nn.Module):
             self.text_encoder.requires_grad_(False)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Mask logits.
+        """Mask logits: `decode(*encode(images), text, images.shape[-2:])`.
 
         Args:
             images: (B, 3, H, W) normalised images, H and W multiples of the patch size.
@@ -68,14 +68,38 @@ class CascadeCLIP(nn.Module):
         Returns:
             (B, C, H, W) mask logits, bilinearly upsampled from the token grid.
         """
-        maps, global_embedding = self.backbone(images)
+        maps, global_embedding = self.encode(images)
+        return self.decode(maps, global_embedding, text, images.shape[-2:])
+
+    def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The image encoder's output, which does not depend on the class names (kept to try other names).
+
+        Args:
+            images: (B, 3, H, W) normalised images, H and W multiples of the patch size.
+        Returns:
+            maps: the dense maps (B, D, H/p, W/p) of the tapped blocks and the last; global_embedding: (B, D).
+        """
+        return self.backbone(images)
+
+    def decode(
+        self, maps: list[torch.Tensor], global_embedding: torch.Tensor, text: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Mask logits of encoded images for the classes of `text`: the head, then upsampling.
+
+        Args:
+            maps, global_embedding: as `encode` returns them.
+            text: (C, D) class embeddings of the query classes.
+            size: (H, W) of the encoded images.
+        Returns:
+            (B, C, H, W) mask logits.
+        """
         if self.fast_path:
             # Mask logits are small differences between classes of larger dot products: the head keeps fp32 under
             # bf16 autocast (agreement measured in benchmarks/NOTES.md).
-            with torch.autocast(images.device.type, enabled=False):
+            with torch.autocast(global_embedding.device.type, enabled=False):
                 logits = self.decode_head([m.float() for m in maps], global_embedding.float(), text.float())
-                return upsample(logits, images.shape[-2:])
-        return upsample(self.decode_head(maps, global_embedding, text), images.shape[-2:])
+                return upsample(logits, size)
+        return upsample(self.decode_head(maps, global_embedding, text), size)
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""The web page's work without a browser (`app.SegmentationPage`): what it shows, the files it offers, that new names
+or a new threshold do not run the image encoder again, and errors as one line on the page (tiny random model, CPU).
+The page in a real browser: tests/test_app_browser.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from cascadeclip.app import SegmentationPage
+from cascadeclip.cli.main import main
+from cascadeclip.segmenter import MAX_CLASSES
+
+from test_feature_reuse import count_calls, tiny_segmenter
+
+
+@pytest.fixture
+def page(tmp_path) -> SegmentationPage:
+    args = argparse.Namespace(random_weights=True, checkpoint=None, clip_weights=None)
+    # one window per encoder call, so that the calls count the windows
+    return SegmentationPage(tiny_segmenter(tmp_path / "cache", window_batch=1), args, tmp_path / "out")
+
+
+@pytest.fixture
+def photo(tmp_path) -> str:
+    path = tmp_path / "upload" / "chelsea.png"  # what the page receives: the path of the uploaded file
+    path.parent.mkdir()
+    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", path)
+    return str(path)
+
+
+def test_the_page_shows_the_segment_commands_files_and_a_table_of_the_names(page, photo):
+    result = page.segment(photo, "cat, rug , wall", 0, "slide")
+    assert " of 3 names found" in result.status
+    assert "RANDOM WEIGHTS" in result.status
+    overlay = Image.open(result.overlay)
+    assert overlay.width == 451 and overlay.height > 300  # the image, the legend strip below it
+    assert all(name in overlay.text["Description"] for name in ("cat", "rug", "wall"))
+    labels = np.array(Image.open(result.labels))
+    summary = json.loads(Path(result.summary).read_text())
+    assert labels.shape == (300, 451) and set(np.unique(labels)) <= {0, 1, 2}
+    assert [c["name"] for c in summary["classes"]] == ["cat", "rug", "wall"]
+    assert summary["settings"]["checkpoint"] == "random" and summary["background"] is None
+    for c in summary["classes"]:  # the table shows the JSON's share of each name
+        assert c["name"] in result.table and f"{100 * c['pixel_share']:.1f}%" in result.table
+
+
+def test_new_names_and_thresholds_run_only_the_head_and_a_new_mode_or_image_the_encoder(page, photo, tmp_path):
+    encoder_calls = count_calls(page.segmenter.model.backbone)
+    page.segment(photo, "cat, rug", 0, "slide")
+    windows = len(encoder_calls)  # 451x300 at the tiny model's 64-pixel short side: two windows
+    assert windows == 2
+    first = page.segment(photo, "cat, rug, wall", 0, "slide")
+    with_background = page.segment(photo, "cat, rug, wall", 0.9, "slide")  # random weights: nothing reaches 0.9
+    assert len(encoder_calls) == windows
+    assert (np.array(Image.open(with_background.labels)) == 255).all() and "background" in with_background.table
+    assert not (np.array(Image.open(first.labels)) == 255).any()
+    page.segment(photo, "cat, rug, wall", 0, "whole")
+    assert len(encoder_calls) == windows + 1  # the whole image in one pass
+    other = tmp_path / "other.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    page.segment(str(other), "cat", 0, "whole")
+    assert len(encoder_calls) == windows + 2
+
+
+@pytest.mark.parametrize(
+    "image, names, threshold, message",
+    [
+        (None, "cat", 0, "drop an image"),
+        ("photo", "", 0, "no class names given"),
+        ("photo", "cat,,dog", 0, "class name number 2 of 3 is empty"),
+        ("photo", ", ".join(f"thing {i}" for i in range(MAX_CLASSES + 1)), 0, "at most 255"),
+        ("photo", "cat, background", 0.5, "named 'background'"),
+        ("not an image", "cat", 0, "notes.png cannot be read as an image"),
+    ],
+)
+def test_errors_are_one_line_on_the_page(page, photo, tmp_path, image, names, threshold, message):
+    if image == "not an image":
+        image = tmp_path / "notes.png"
+        image.write_text("shopping list")
+    elif image == "photo":
+        image = photo
+    result = page.segment(image, names, threshold, "slide")
+    assert result.status.startswith("<b>Error:</b>") and message in result.status and "\n" not in result.status
+    assert result.overlay is result.labels is result.summary is result.table is None
+    assert page.segment(photo, "cat", 0, "slide").overlay is not None  # the page still works afterwards
+
+
+def test_the_command_refuses_a_port_in_use_before_loading_anything(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["app", "--random-weights", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "Traceback" not in err and "RANDOM" not in err

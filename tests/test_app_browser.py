@@ -1,0 +1,159 @@
+"""`cascade-clip app` in a real browser: the page served on 127.0.0.1 with a tiny random-weight model, driven in
+headless Chromium (Debian's `chromium`) by Playwright. Opt in with `pytest -m browser` (CI runs it).
+
+Needs the `[app]` and `[browser]` extras and /usr/bin/chromium (or $CASCADECLIP_CHROMIUM); without them the test
+skips, unless $CASCADECLIP_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure.
+$CASCADECLIP_APP_SCREENSHOT=FILE.png saves a picture of the page (docs/app.png is made so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import skimage.data
+from PIL import Image
+
+from cascadeclip.app import CSS, SegmentationPage, build_app
+
+from test_feature_reuse import count_calls, tiny_segmenter
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path(os.environ.get("CASCADECLIP_CHROMIUM", "/usr/bin/chromium"))
+# Headless, and nothing that reaches out of this machine (no update checks, sync or background requests).
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 120_000  # a shared 2-core machine; a request on the tiny model takes about a second when it is quiet
+
+
+def require(what: str, present: bool) -> None:
+    if present:
+        return
+    reason = f"{what} is missing: pip install -e '.[app,browser]' and apt-get install chromium"
+    if os.environ.get("CASCADECLIP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} ($CASCADECLIP_REQUIRE_BROWSER=1 requires it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(address of the page, its SegmentationPage), served in this process for the module's tests."""
+    require("Gradio", importlib.util.find_spec("gradio") is not None)
+    require("Playwright", importlib.util.find_spec("playwright") is not None)
+    require(f"Chromium ({CHROMIUM})", CHROMIUM.is_file())
+    folder = tmp_path_factory.mktemp("app")
+    args = argparse.Namespace(random_weights=True, checkpoint=None, clip_weights=None)
+    page = SegmentationPage(tiny_segmenter(folder / "cache"), args, folder / "out")
+    app = build_app(page)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, css=CSS, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}", page
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def browser_page(served):
+    from playwright.sync_api import sync_playwright
+
+    address, _ = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(address)
+            yield tab
+        finally:
+            browser.close()
+
+
+def table_names(tab) -> list[str]:
+    return tab.locator("#classes td.name").all_inner_texts()
+
+
+def segment_names(tab, names: str) -> None:
+    box = tab.locator("#names textarea")
+    box.fill(names)
+    box.press("Enter")
+
+
+def fetch(tab, selector: str, attribute: str) -> bytes:
+    """The file behind an element's link (`href`) or picture (`src`), as the browser would fetch it."""
+    address = tab.locator(selector).first.get_attribute(attribute)
+    response = tab.request.get(address)
+    assert response.ok, address
+    return response.body()
+
+
+def overlay_picture(tab) -> Image.Image:
+    """The overlay as the browser received it (the PNG the page shows)."""
+    return Image.open(io.BytesIO(fetch(tab, "#overlay img", "src")))
+
+
+def test_drop_an_image_type_names_and_change_them(browser_page, served, tmp_path):
+    tab, (_, page) = browser_page, served
+    encoder_calls = count_calls(page.segmenter.model.backbone)
+    photo = tmp_path / "chelsea.png"
+    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
+    tab.locator("#image input[type=file]").set_input_files(str(photo))
+    segment_names(tab, "cat, rug, wall")
+    tab.wait_for_function("document.querySelectorAll('#classes td.name').length == 3")
+    assert sorted(table_names(tab)) == ["cat", "rug", "wall"]
+    assert "names found" in tab.locator("#status").inner_text()
+    first = overlay_picture(tab)
+    assert first.width == 451 and first.height > 300  # the image at its size, the legend strip below
+    assert all(name in first.text["Description"] for name in ("cat", "rug", "wall"))
+    labels = Image.open(io.BytesIO(fetch(tab, "#labels_file a", "href")))  # the downloads
+    assert labels.mode == "P" and labels.size == (451, 300)
+    summary = json.loads(fetch(tab, "#summary_file a", "href"))
+    assert [c["name"] for c in summary["classes"]] == ["cat", "rug", "wall"]
+    encoded = len(encoder_calls)
+    assert encoded >= 1
+
+    segment_names(tab, "dog, sky")
+    tab.wait_for_function("document.querySelectorAll('#classes td.name').length == 2")
+    assert sorted(table_names(tab)) == ["dog", "sky"]
+    second = overlay_picture(tab)
+    assert "dog" in second.text["Description"] and "rug" not in second.text["Description"]
+    assert len(encoder_calls) == encoded  # new names ran the head only
+    if os.environ.get("CASCADECLIP_APP_SCREENSHOT"):  # 128 colours keep the picture small
+        picture = Image.open(io.BytesIO(tab.screenshot(full_page=True))).convert("RGB").quantize(128)
+        picture.save(os.environ["CASCADECLIP_APP_SCREENSHOT"], optimize=True)
+
+    segment_names(tab, "cat,,dog")
+    tab.locator("#status", has_text="Error").wait_for()
+    assert "class name number 2 of 3 is empty" in tab.locator("#status").inner_text()
+    assert tab.locator("#classes td.name").count() == 0  # the previous result is not left beside the error
+
+
+def test_a_file_that_is_not_an_image_gets_a_message(browser_page, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    segment_names(browser_page, "cat")
+    browser_page.locator("#status", has_text="drop an image").wait_for()  # names, no image yet
+    browser_page.locator("#image input[type=file]").set_input_files(str(notes))
+    browser_page.locator("#status", has_text="notes.jpg cannot be read as an image").wait_for()
