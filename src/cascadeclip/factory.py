@@ -36,7 +36,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ClassesConfig, ModelConfig, TextEncoderConfig, merge, to_dict, validate
+from .config import (
+    ClassesConfig,
+    HeadConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    TextEncoderConfig,
+    merge,
+    to_dict,
+    validate,
+)
 from .model_card import model_card
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.image_encoder import resize_positional_grid
@@ -593,17 +602,21 @@ def load_checkpoint(
     return model, None, report
 
 
+def architecture_keys() -> list[str]:
+    """The architecture fields ("section.name"): every field of the image encoder and the head but the dropout rates,
+    which a run may change."""
+    return [
+        f"{section}.{f.name}"
+        for section, fields in (("image_encoder", ImageEncoderConfig), ("head", HeadConfig))
+        for f in dataclasses.fields(fields)
+        if "dropout" not in f.name
+    ]
+
+
 def architecture_differences(a: ModelConfig, b: ModelConfig, keys: list[str] | None = None) -> list[str]:
-    """The architecture fields ("section.name" among `keys`; default: every field of the image encoder and the head
-    but the dropout rates, which a run may change) where model configurations `a` and `b` differ."""
-    if keys is None:
-        keys = [
-            f"{section}.{f.name}"
-            for section in ("image_encoder", "head")
-            for f in dataclasses.fields(getattr(a, section))
-            if "dropout" not in f.name
-        ]
-    return [key for key in keys if _field(a, key) != _field(b, key)]
+    """The architecture fields (among `keys`; default: `architecture_keys()`) where model configurations `a` and `b`
+    differ."""
+    return [key for key in (architecture_keys() if keys is None else keys) if _field(a, key) != _field(b, key)]
 
 
 def _field(cfg: ModelConfig, key: str) -> Any:
