@@ -95,9 +95,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """UserError, before any work, when the device or an output location (--out, --show-dir) is unusable."""
     check_device(args.device)
     if args.out:
-        check_output_file(args.out, "--out")
+        inputs = {
+            "--checkpoint": args.checkpoint,
+            "--clip-weights": args.clip_weights,
+            "the CONFIG argument": args.config,
+        }
+        check_output_file(args.out, "--out", inputs)
     if args.show_dir:
         check_output_folder(args.show_dir, "--show-dir")
+        if args.out and Path(args.out).resolve() == Path(args.show_dir).resolve():
+            raise UserError(f"--out {args.out} is also --show-dir; give the results file another name")
 
 
 def _refuse_foreign_pictures(show_dir: Path | None, dataset: EvalDataset) -> list[Path]:

@@ -172,7 +172,7 @@ def explicit_keys(spec: str | None, overrides: list[str] | tuple[str, ...] = ())
     if spec is not None and spec not in PRESETS:
         try:
             data = yaml.safe_load(Path(spec).read_text()) or {}
-        except (OSError, yaml.YAMLError):
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             data = {}
         if isinstance(data, dict):
             found |= _leaf_keys({key: value for key, value in data.items() if key != "preset"})
@@ -203,9 +203,11 @@ def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Co
     if not path.is_file():
         raise UserError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from err
+    if data is None:
+        raise UserError(f"config file {path} is empty; give `preset: NAME` and the sections to change (model:, ...)")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     base_name = data.pop("preset", None)
