@@ -280,6 +280,24 @@ CASES: list[tuple[str, Callable[[Files], list], int, str]] = [
     ),
     ("demo --seed -1", lambda f: ["demo", "--smoke", "--seed", "-1", "--out", f.root / "d"], 2, "must be 0 or more"),
     (
+        "export to a .pt name",
+        lambda f: ["export", f.root / "m.pt", "--checkpoint", f.checkpoint],
+        2,
+        "must end in .onnx",
+    ),
+    (
+        "export --overwrite onto a folder",
+        lambda f: ["export", f.path("m.onnx/x", "").parent, "--overwrite", "--checkpoint", f.checkpoint],
+        2,
+        "m.onnx is a folder",
+    ),
+    (
+        "export checkpoint missing",
+        lambda f: ["export", f.root / "m.onnx", "--checkpoint", f.root / "none.safetensors"],
+        2,
+        "none.safetensors not found",
+    ),
+    (
         "train --resume on a folder of other files",
         lambda f: ["train", "voc-inductive", "--run-dir", f.path("r/notes.txt", "x").parent, "--resume"],
         2,
