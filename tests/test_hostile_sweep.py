@@ -297,6 +297,7 @@ CASES: list[tuple[str, Callable[[Files], list], int, str]] = [
         2,
         "none.safetensors not found",
     ),
+    ("app --port 70000", lambda f: ["app", "--port", "70000"], 2, "--port must be between 1 and 65535, got 70000"),
     (
         "train --resume on a folder of other files",
         lambda f: ["train", "voc-inductive", "--run-dir", f.path("r/notes.txt", "x").parent, "--resume"],
