@@ -11,11 +11,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
+from cascadeclip.config.presets import get_preset
+from cascadeclip.factory import save_model
 from cascadeclip.manifest import MANIFEST_NAME
+from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.outputs import check_output_file, check_output_folder
 from cascadeclip.utils import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, UserError, atomic_write
 
+from conftest import tiny_model_config
 from hostile import cli, refused, write_image
 
 
@@ -80,9 +85,37 @@ def test_a_replaced_image_or_checkpoint_is_segmented_again(tiny_checkpoint, tmp_
     assert code == 0 and "already done" not in printed
     assert json.loads((out / "cat.json").read_text())["width"] == 50
 
-    shutil.copy(tiny_checkpoint, weights)  # the same path, a new file (new modification time)
-    os.utime(weights, ns=(1, 1))
+    # Weights of another model at the same path: redone. The same bytes again under a new time: still done.
+    torch.manual_seed(1)
+    save_model(weights, CascadeCLIP(tiny_model_config(with_text=True)), get_preset("voc-inductive").classes)
     assert "already done" not in cli(capsys, *segment(weights, image, "--out", out))[1]
+    os.utime(weights, ns=(1, 1))
+    assert "1 already done" in cli(capsys, *segment(weights, image, "--out", out))[1]
+
+
+def test_a_copy_that_keeps_size_and_modification_time_is_not_taken_as_done(tiny_checkpoint, tmp_path, capsys):
+    """`cp -p` keeps the modification time: the skip must look at the bytes."""
+    image, out, weights = write_image(tmp_path / "cat.png"), tmp_path / "out", tmp_path / "w.safetensors"
+    shutil.copy(tiny_checkpoint, weights)
+    assert cli(capsys, *segment(weights, image, "--out", out))[0] == 0
+    stamps = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (image, weights)}
+
+    other = write_image(tmp_path / "other.png", seed=7)  # same size in bytes (raw random pixels, same format)
+    assert other.stat().st_size == stamps[image][0]
+    shutil.copy(other, image)
+    os.utime(image, ns=(stamps[image][1], stamps[image][1]))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == stamps[image]
+    code, printed, _ = cli(capsys, *segment(weights, image, "--out", out))
+    assert code == 0 and "already done" not in printed
+
+    data = bytearray(weights.read_bytes())  # another weight value, same size and time
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stamps[weights][1], stamps[weights][1]))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == stamps[weights]
+    code, printed, _ = cli(capsys, *segment(weights, image, "--out", out))
+    assert code == 0 and "already done" not in printed
+    assert "1 already done" in cli(capsys, *segment(weights, image, "--out", out))[1]  # unchanged now: skipped
 
 
 def test_a_damaged_manifest_stops_before_anything_is_overwritten(tiny_checkpoint, tmp_path, capsys):

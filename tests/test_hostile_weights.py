@@ -78,6 +78,20 @@ def test_edits_that_keep_shapes_are_checked_against_the_file(tiny_checkpoint, tm
     )
     refused(capsys, *argv, "model.head.heads=2", *fast, match="model.head.heads: file 4, configuration 2")
     assert cli(capsys, *argv, "model.head.heads=4", *fast)[0] == 0  # what the file holds: accepted
+    # The preset's own value (8), set explicitly, is an edit too: the file's 4 heads are not used in silence.
+    assert get_preset("voc-inductive").model.head.heads == 8
+    refused(capsys, *argv, "model.head.heads=8", *fast, match="model.head.heads: file 4, configuration 8")
+    yaml_file = tmp_path / "mine.yaml"
+    yaml_file.write_text("preset: voc-inductive\nmodel:\n  head:\n    heads: 8\n")
+    refused(capsys, "test", yaml_file, *argv[2:], *fast, match="model.head.heads: file 4, configuration 8")
+    assert cli(capsys, *argv, *fast)[0] == 0  # left alone: the file's configuration is used
+
+
+def test_suite_overrides_equal_to_the_preset_are_checked_against_the_file(tiny_checkpoint, tmp_path, capsys):
+    make_voc(tmp_path / "data", {"val": ["a"]})
+    fast = ["test.short_side=64", "test.crop_size=64", "test.stride=48"]
+    argv = ["test", "--suite", "ov", tiny_checkpoint, *fast, "--data-root", tmp_path / "data", "--device", "cpu"]
+    refused(capsys, *argv, "model.head.heads=8", match="model.head.heads: file 4, configuration 8")
 
 
 def test_transductive_init_from_weights_of_another_architecture_stops(tmp_path):

@@ -24,7 +24,6 @@ Loading `.pt`/`.pth` files unpickles them, which can run code: only load files y
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -37,12 +36,21 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ClassesConfig, ModelConfig, TextEncoderConfig, merge, to_dict, validate
+from .config import (
+    ClassesConfig,
+    HeadConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    TextEncoderConfig,
+    merge,
+    to_dict,
+    validate,
+)
 from .model_card import model_card
 from .modeling.cascade_clip import CascadeCLIP
 from .modeling.image_encoder import resize_positional_grid
 from .modeling.text_encoder import TextEncoder
-from .utils import UserError, atomic_write
+from .utils import UserError, atomic_write, sha256_of
 
 OPENAI_VIT_B_16_URL = (
     "https://openaipublic.azureedge.net/clip/models/"
@@ -97,14 +105,6 @@ def _abbreviate(keys: list[str], limit: int = 6) -> str:
     return ", ".join(shown[:limit]) + (f", ... ({len(shown) - limit} more patterns)" if len(shown) > limit else "")
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _missing_file(path: Path, what: str, hint: str) -> CheckpointError:
     return CheckpointError(f"{what} not found: {path}. {hint}")
 
@@ -120,7 +120,7 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise _missing_file(path, "CLIP weights", f"Download OpenAI's ViT-B-16.pt from {OPENAI_VIT_B_16_URL}")
     expected = OPENAI_SHA256.get(path.name)
-    if expected is not None and _sha256_of(path) != expected:
+    if expected is not None and sha256_of(path) != expected:
         warnings.warn(
             f"{path}: SHA-256 differs from OpenAI's published {path.name} ({expected[:12]}...); "
             "the file may be corrupt or a different model",
@@ -602,17 +602,21 @@ def load_checkpoint(
     return model, None, report
 
 
+def architecture_keys() -> list[str]:
+    """The architecture fields ("section.name"): every field of the image encoder and the head but the dropout rates,
+    which a run may change."""
+    return [
+        f"{section}.{f.name}"
+        for section, fields in (("image_encoder", ImageEncoderConfig), ("head", HeadConfig))
+        for f in dataclasses.fields(fields)
+        if "dropout" not in f.name
+    ]
+
+
 def architecture_differences(a: ModelConfig, b: ModelConfig, keys: list[str] | None = None) -> list[str]:
-    """The architecture fields ("section.name" among `keys`; default: every field of the image encoder and the head
-    but the dropout rates, which a run may change) where model configurations `a` and `b` differ."""
-    if keys is None:
-        keys = [
-            f"{section}.{f.name}"
-            for section in ("image_encoder", "head")
-            for f in dataclasses.fields(getattr(a, section))
-            if "dropout" not in f.name
-        ]
-    return [key for key in keys if _field(a, key) != _field(b, key)]
+    """The architecture fields (among `keys`; default: `architecture_keys()`) where model configurations `a` and `b`
+    differ."""
+    return [key for key in (architecture_keys() if keys is None else keys) if _field(a, key) != _field(b, key)]
 
 
 def _field(cfg: ModelConfig, key: str) -> Any:

@@ -31,11 +31,15 @@ def check_name(name: str, what: str) -> None:
         )
 
 
-def check_output_file(path: str | Path, what: str) -> Path:
+def check_output_file(path: str | Path, what: str, inputs: dict[str, str | Path | None] | None = None) -> Path:
     """`path` as a Path when a file can be written there (atomically: a temporary file beside it, then a rename);
-    UserError naming `what` (e.g. "--out") otherwise."""
+    UserError naming `what` (e.g. "--out") otherwise, or when it is one of the command's `inputs` (what each is
+    called -> its path), which the write would replace."""
     path = Path(path).expanduser()
     _check_names(path, what)
+    for name, source in (inputs or {}).items():
+        if source is not None and path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
+            raise UserError(f"{what} {path} is {name} itself, which writing it would replace; give another name")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the name of a file to write")
     if path.exists() and not path.is_file():  # the rename of a new file would replace the device or pipe itself

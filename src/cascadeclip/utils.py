@@ -6,6 +6,7 @@ Imports nothing heavy: the command line imports it before it chooses PyTorch's a
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,15 @@ def ignore_index_for(num_classes: int) -> int:
 
 
 CACHE_ENV = "CASCADECLIP_CACHE"
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 4 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class UserError(ValueError):

@@ -39,9 +39,9 @@ def check_address(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_address(args.host, args.port)  # the options first, whether or not Gradio is installed
     if importlib.util.find_spec("gradio") is None:
         raise UserError("the web page needs Gradio: pip install 'cascadeclip[app]'")
-    check_address(args.host, args.port)
     from ..app import CSS, SegmentationPage, build_app
 
     segmenter = build_segmenter(args)  # bad weights stop here, before anything is served

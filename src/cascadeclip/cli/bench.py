@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images <= args.warmup:
         raise UserError(f"--images ({args.images}) must exceed --warmup ({args.warmup})")
     if args.json_file:
-        check_output_file(args.json_file, "--json")
+        check_output_file(args.json_file, "--json", {"the configuration file": args.config})
     cfg = resolve_config(args.config, args.overrides)
     if not cfg.classes.names:
         raise UserError(f"configuration {args.config!r} has no classes (classes.names); FLOPs depend on their number")

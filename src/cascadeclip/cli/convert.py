@@ -69,7 +69,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.output is not None and args.output.suffix != ".safetensors":
         raise UserError(f"output {args.output} must end in .safetensors")
     if args.output is not None:
-        check_output_file(args.output, "output")
+        check_output_file(args.output, "output", {"the source": args.source})
     if args.hub_dir is not None:
         check_output_folder(args.hub_dir, "--hub-dir")
         if args.hub_dir.exists() and any(args.hub_dir.iterdir()):
@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(args)
     if not args.source.is_file():
         raise UserError(f"{args.source} not found" if not args.source.exists() else f"{args.source} is not a file")
-    if args.output is not None and args.output.exists() and args.output.resolve() == args.source.resolve():
-        raise UserError(f"output {args.output} is the source itself; give another name")
     if args.source.suffix != ".pth" and _convert_clip(args):
         return 0
     state, meta = read_authors_checkpoint(args.source)

@@ -20,6 +20,7 @@ from ..inference.onnx_export import (
     onnx_runtime_session,
     require_packages,
 )
+from ..outputs import check_output_file
 from ..utils import UserError
 
 HELP = "export the model to ONNX: image windows and class embeddings in, mask logits out (needs the export extra)"
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".onnx":
         raise UserError(f"output {args.output} must end in .onnx")
+    check_output_file(args.output, "output")
     if args.output.exists() and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite to replace it")
     if not args.checkpoint.is_file():

@@ -67,13 +67,12 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     (argparse alone stops filling a positional list once an option has come between its items.)
     """
     args, extra = parser.parse_known_args(argv)
-    if (
-        extra
-        and isinstance(getattr(args, "overrides", None), list)
-        and all("=" in e and not e.startswith("-") for e in extra)
-    ):
-        args.overrides += extra
-    elif extra:
+    if isinstance(getattr(args, "overrides", None), list):
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+        if extra and all("." in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)} (an override is section.field=value)")
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
@@ -104,13 +103,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_unexpected(err: BaseException) -> str:
     """One line for an error that is not a `UserError`: what it is, and how to see more."""
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        what = "out of memory; try smaller images (--short-side), fewer classes, or another --device"
+    if _out_of_memory(err):
+        what = (
+            "out of memory; try smaller sizes (--short-side, bench --size, batch_size), fewer classes, "
+            "or another --device"
+        )
     elif isinstance(err, OSError) and err.strerror:
         what = f"{err.strerror}" + (f": {err.filename}" if err.filename else "")
     else:
         what = f"unexpected {type(err).__name__}: {one_line(str(err)) or '(no message)'}"
     return f"{what} (run again with --debug, or {DEBUG_ENV}=1, to see the traceback)"
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    # PyTorch's CPU allocator raises a RuntimeError, not MemoryError, when an allocation fails.
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+    )
 
 
 def one_line(text: str, limit: int = 500) -> str:

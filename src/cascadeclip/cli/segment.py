@@ -14,8 +14,10 @@ of them (`manifest.Manifest`), and an output name taken by any other file (the u
 stops the run before it starts. Folders and patterns given as inputs leave out the files on such a list.
 
 Each file is written atomically and the JSON last, so an interrupted run resumes: an image is skipped when its JSON
-records the same settings, the same weights files (path, size, modification time) and the same input (size,
-modification time); an image or weights file replaced at the same path is segmented again.
+records the same settings, the same weights files and the same input, each told by its size and the SHA-256 of its
+bytes: an image or weights file replaced at the same path is segmented again, even when a copy kept the size and the
+modification time (`cp -p`). Hashing costs little beside the work it guards: every image is decoded anyway, and the
+weights are hashed once per run (benchmarks/NOTES.md, "What a rerun skips").
 
 At scale: images are decoded and resized in DataLoader worker processes (--workers) while the model runs, the windows
 of consecutive images go through the model together (`Segmenter.predict_many`), and a progress bar shows images per
@@ -46,7 +48,7 @@ from ..factory import WEIGHTS_HELP, resolve_checkpoint
 from ..manifest import Manifest
 from ..outputs import check_name, check_output_folder
 from ..segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
-from ..utils import UserError, atomic_write
+from ..utils import UserError, atomic_write, sha256_of
 from ..visualize import BACKGROUND_LABEL, IGNORE_COLOR, palette, segmentation_overlay
 from .options import non_negative_int, positive_int
 
@@ -227,9 +229,9 @@ def output_paths(out: Path, image: Path, with_scores: bool) -> dict[str, Path | 
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """What tells a file's content apart cheaply: its path, size and modification time."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "modified_ns": stat.st_mtime_ns}
+    """What tells a file's content apart: its size and the SHA-256 of its bytes (not its name or modification
+    time, which a copy can keep)."""
+    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def is_done(paths: dict[str, Path | None], settings: dict, source: dict) -> bool:
@@ -389,8 +391,9 @@ def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
     segmenter = build_segmenter(args, device=str(info.device) if info.world_size > 1 else None)
     claim_outputs(manifest, outputs, info.is_main)
     settings = output_settings(args, segmenter, names, args.background, args.scores)
-    todo = [p for p in share if args.overwrite or not is_done(plan[p], settings, file_identity(p))]
-    rate = segment_images(segmenter, todo, plan, names, args, settings, show_progress=info.is_main)
+    sources = {p: file_identity(p) for p in share}  # hashed once, before the image is read for the model
+    todo = [p for p in share if args.overwrite or not is_done(plan[p], settings, sources[p])]
+    rate = segment_images(segmenter, todo, plan, names, args, settings, sources, show_progress=info.is_main)
     shares = all_gather_objects((len(share), len(share) - len(todo), rate))
     if not info.is_main:
         return 0
@@ -419,6 +422,7 @@ def segment_images(
     names: list[str],
     args: argparse.Namespace,
     settings: dict,
+    sources: dict[Path, dict],
     show_progress: bool,
 ) -> float | None:
     """Segment `images` and write their outputs; images per second (reading, model and writing; None for none).
@@ -441,7 +445,7 @@ def segment_images(
     for item, prediction in predictions:
         path = images[item["index"]]
         picture = Image.fromarray(item["image"].numpy())
-        write_outputs(path, picture, prediction, plan[path], colors, settings, file_identity(path))
+        write_outputs(path, picture, prediction, plan[path], colors, settings, sources[path])
         progress.update()
     progress.close()
     # Images complete in bursts (several share a forward), so the rate is over the whole loop, first forward included.

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 
 from ..config import ClassesConfig, Config, to_dict
-from ..config.presets import PRESETS, get_preset, resolve_config, starting_point
+from ..config.presets import PRESETS, explicit_keys, resolve_config
 from ..data.datasets import read_image
 from ..data.eval_dataset import EvalDataset
 from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table
-from ..factory import LoadReport, architecture_differences, check_architecture, load_checkpoint
+from ..factory import LoadReport, architecture_keys, check_architecture, load_checkpoint
 from ..manifest import Manifest
 from ..modeling.cascade_clip import CascadeCLIP
 from ..outputs import check_output_file, check_output_folder
@@ -95,9 +95,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """UserError, before any work, when the device or an output location (--out, --show-dir) is unusable."""
     check_device(args.device)
     if args.out:
-        check_output_file(args.out, "--out")
+        inputs = {
+            "--checkpoint": args.checkpoint,
+            "--clip-weights": args.clip_weights,
+            "the CONFIG argument": args.config,
+        }
+        check_output_file(args.out, "--out", inputs)
     if args.show_dir:
         check_output_folder(args.show_dir, "--show-dir")
+        if args.out and Path(args.out).resolve() == Path(args.show_dir).resolve():
+            raise UserError(f"--out {args.out} is also --show-dir; give the results file another name")
 
 
 def _refuse_foreign_pictures(show_dir: Path | None, dataset: EvalDataset) -> list[Path]:
@@ -159,18 +166,24 @@ def _evaluate(args: argparse.Namespace, cfg: Config, info: DistInfo) -> dict[str
     return results | {"embeddings": text_source}
 
 
+def _architecture_set(spec: str | None, overrides: list[str]) -> list[str]:
+    """The architecture keys the user set (in the YAML file `spec`, or as overrides), even to the preset's own value:
+    the checkpoint's configuration is used, and each of these must agree with it (tensor shapes do not show e.g.
+    tap_blocks or head counts). The keys left alone come from the file."""
+    set_here = explicit_keys(spec, overrides)
+    return [key for key in architecture_keys() if f"model.{key}" in set_here]
+
+
 def _check_checkpoint_fits(
     args: argparse.Namespace, cfg: Config, model: CascadeCLIP, stored: ClassesConfig | None, report: LoadReport
 ) -> set[str]:
     """The dataset(s) the checkpoint may have been trained on (stored with it, or told by an authors' file's
     shapes); UserError when it cannot be what the configuration evaluates.
 
-    What the user changed in the model configuration must be what the file holds (e.g. tap_blocks, heads: tensor
-    shapes do not show them); the rest comes from the file. A zero-shot configuration (one with unseen classes)
-    evaluates a model trained on its own dataset; cross-dataset evaluation has presets without unseen classes.
+    A zero-shot configuration (one with unseen classes) evaluates a model trained on its own dataset; cross-dataset
+    evaluation has presets without unseen classes.
     """
-    edited = architecture_differences(cfg.model, starting_point(args.config).model)
-    check_architecture(model, cfg.model, str(args.checkpoint), edited)
+    check_architecture(model, cfg.model, str(args.checkpoint), _architecture_set(args.config, args.overrides))
     trained_for = {stored.dataset} if stored else {PRESETS[name].classes.dataset for name in report.looks_like}
     if len(trained_for) == 1 and cfg.classes.dataset not in trained_for and cfg.classes.unseen:
         raise UserError(
@@ -230,10 +243,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         pictures = [_refuse_foreign_pictures(d, s.samples) for d, s in zip(show_dirs, present, strict=True)]
         first = present[0].cfg  # every set of a suite has the same model configuration
         model, _, report = load_checkpoint(checkpoint, base=first.model)
-        # Model edits given as overrides must be what the file holds (tensor shapes do not show e.g. tap_blocks).
-        check_architecture(
-            model, first.model, str(checkpoint), architecture_differences(first.model, get_preset(first.name).model)
-        )
+        check_architecture(model, first.model, str(checkpoint), _architecture_set(None, args.overrides))
         texts = [class_text(s.cfg, model, args.clip_weights) for s in present]  # every name fails here, or none
         model.text_encoder = None
         model.to(info.device)

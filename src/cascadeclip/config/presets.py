@@ -44,6 +44,7 @@ from .schema import (
     TrainConfig,
     apply_overrides,
     merge,
+    parse_override,
     validate,
 )
 
@@ -163,17 +164,28 @@ def get_preset(name: str) -> Config:
     return resolved(_unresolved_preset(name))
 
 
-def starting_point(spec: str) -> Config:
-    """What the configuration `spec` starts from before its own settings and overrides: the preset itself, or the
-    preset a YAML file names (the typed defaults when it names none). Comparing the two tells what the user edited."""
-    if spec in PRESETS:
-        return get_preset(spec)
-    try:
-        data = yaml.safe_load(Path(spec).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        data = {}
-    base_name = data.get("preset") if isinstance(data, dict) else None
-    return get_preset(base_name) if base_name in PRESETS else Config()
+def explicit_keys(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The keys ("model.head.heads") a command line sets: those in the YAML file `spec` (a preset name or None sets
+    none) and in the `section.field=value` overrides. A key set to the value the preset already holds is still set,
+    so that a checkpoint whose own configuration contradicts it can be told apart from one the user left alone."""
+    found = set()
+    if spec is not None and spec not in PRESETS:
+        try:
+            data = yaml.safe_load(Path(spec).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = {}
+        if isinstance(data, dict):
+            found |= _leaf_keys({key: value for key, value in data.items() if key != "preset"})
+    for text in overrides:
+        found |= _leaf_keys(parse_override(text))
+    return found
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys |= _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
 
 
 def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -191,9 +203,11 @@ def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Co
     if not path.is_file():
         raise UserError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from err
+    if data is None:
+        raise UserError(f"config file {path} is empty; give `preset: NAME` and the sections to change (model:, ...)")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     base_name = data.pop("preset", None)

@@ -291,7 +291,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like section.field=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"the value is not valid YAML: {getattr(err, 'problem', None) or err}") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -302,7 +305,7 @@ def apply_overrides(cfg: Any, yaml_files: list[Path] = (), overrides: list[str] 
     for path in yaml_files:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
