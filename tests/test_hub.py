@@ -23,6 +23,7 @@ from cascadeclip.cli.main import main
 from cascadeclip.factory import CheckpointError, load_checkpoint, save_hub_folder
 from cascadeclip.model_card import AUTHORS_REPOSITORY
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
+from cascadeclip.utils import sha256_of
 
 from conftest import tiny_model_config
 
@@ -132,4 +133,5 @@ def test_segment_command_takes_a_hub_name(published, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "out" / "photo.json").read_text())
-    assert summary["settings"]["checkpoint"]["path"] == str((snapshot / "model.safetensors").resolve())
+    # The outputs record the weights by content: the file the name resolved to in the hub cache.
+    assert summary["settings"]["checkpoint"]["sha256"] == sha256_of(snapshot / "model.safetensors")
