@@ -36,7 +36,9 @@ from PIL import Image, ImageDraw
 
 from cascadeclip import Segmenter
 from cascadeclip.config.dataset_file import load_dataset
+from cascadeclip.outputs import check_output_file
 from cascadeclip.profiling.machine import machine_description
+from cascadeclip.utils import UserError, atomic_write
 
 RATE = re.compile(r"([\d.]+) images/s")
 
@@ -114,6 +116,11 @@ def main() -> None:
     args.repeats = args.repeats or (1 if args.quick else 5)
     if args.out is None and not args.quick:
         args.out = Path(__file__).with_name("SEGMENT_THROUGHPUT.md")
+    if args.out is not None:  # before the measurements, not after them
+        try:
+            args.out = check_output_file(args.out, "--out")
+        except UserError as err:
+            raise SystemExit(f"segment_throughput: error: {err}") from None
     load_before = os.getloadavg()
     if load_before[0] > args.max_load and not (args.force or args.quick):
         raise SystemExit(f"1-minute load average {load_before[0]:.2f} > {args.max_load}: timings would mean nothing")
@@ -194,7 +201,8 @@ def write_results(args, rows, costs, image_size, load_before, seconds) -> None:
             f"| {count} | {cost['full']:.3f} | {cost['cached']:.3f} | {cached:.2f}x | {cost['new']:.3f} | "
             "{:.2f}x | <= 0.3x: cached names {}, new names {} |".format(new, *verdicts)
         )
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     print(f"wrote {args.out}")
 
 
