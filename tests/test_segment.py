@@ -154,14 +154,20 @@ def test_whole_image_mode_on_sizes_that_are_not_whole_patches(checkpoint, bf16):
     assert prediction.pixel_share.sum() == pytest.approx(1.0)
 
 
-def test_strip_upsampling_equals_bilinear_interpolation():
-    scores = torch.rand(3, 13, 17)
-    for size in [(40, 61), (13, 17), (7, 5)]:  # up, same, down
+@pytest.mark.parametrize("channels_last", [False, True])  # the model's output is in channels-last layout
+def test_strip_upsampling_equals_bilinear_interpolation(channels_last):
+    scores = torch.rand(1, 3, 13, 17)
+    scores = scores.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)[0]
+    for size in [(40, 61), (26, 34)]:  # up, and up by exactly 2
         expected = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
         pieces = [strip for _, _, strip in upsampled_strips(scores, size, max_elements=3 * size[1] * 4)]
         assert len(pieces) == -(-size[0] // 4)
-        # Same arithmetic in another order: float32 rounding only.
+        # Rows blended, then columns, where PyTorch blends both at once: float32 rounding only.
         torch.testing.assert_close(torch.cat(pieces, 1), expected, atol=1e-6, rtol=0)
+    for size, budget in [((40, 61), 3 * 40 * 61), ((7, 5), 1)]:  # within the budget; no larger than the scores
+        # At once: PyTorch's resize itself.
+        (whole,) = [strip for _, _, strip in upsampled_strips(scores, size, max_elements=budget)]
+        assert torch.equal(whole, F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0])
 
 
 def test_text_embeddings_come_from_the_disk_cache_the_second_time(checkpoint):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .config import ModelConfig, TestConfig, TextEncoderConfig, validate
@@ -271,9 +272,8 @@ class Segmenter:
         text = self.class_embeddings(names).to(self.device)
         with self._inference():
             working = decode_scores(self.model, self._encoded, text)
-            _check_finite(working)
             size = (self.image.height, self.image.width)
-            return _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+            return _checked(_summarize(working[0].float(), size, names, background, scores, scores_dtype))
 
     def predict_many(
         self,
@@ -311,9 +311,8 @@ class Segmenter:
                 if done is None:
                     return
                 number, working = done
-                _check_finite(working)
                 key, size = waiting.pop(number)
-                prediction = _summarize(working[0].float(), size, names, background, scores, scores_dtype)
+                prediction = _checked(_summarize(working[0].float(), size, names, background, scores, scores_dtype))
             yield key, prediction
 
     def __call__(
@@ -376,12 +375,15 @@ def check_working_size(working: tuple[int, int], size: tuple[int, int], short_si
         )
 
 
-def _check_finite(scores: torch.Tensor) -> None:
-    if not torch.isfinite(scores).all():
+def _checked(prediction: Prediction) -> Prediction:
+    """`prediction`, unless its scores hold NaN: a NaN anywhere in a class's map makes its maximum NaN (and scores are
+    probabilities, never infinite), so the per-class maxima tell without another pass over the maps."""
+    if not np.isfinite(prediction.max_score).all():
         raise UserError(
             "the model's scores are not finite numbers (NaN or infinity): its weights or the class embeddings "
             "are damaged. Check the weights file (or its text tower) and the embedding cache"
         )
+    return prediction
 
 
 def _mask(selected: np.ndarray) -> Image.Image:
@@ -389,29 +391,35 @@ def _mask(selected: np.ndarray) -> Image.Image:
 
 
 def _bilinear_taps(out_len: int, in_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices (i0, i1) and weight of i1 per output position, as F.interpolate(bilinear, align_corners=False)."""
-    position = ((torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5).clamp(
-        min=0
-    )
-    low = position.floor().long().clamp(max=in_len - 1)
-    return low, (low + 1).clamp(max=in_len - 1), (position - low).float()
+    """Source indices (i0, i1) and weight of i1 per output position, computed as PyTorch's bilinear resize does
+    (float32 arithmetic, align_corners=False), so that strips equal the whole map's resize up to float rounding."""
+    scale = torch.tensor(in_len / out_len, dtype=torch.float32, device=device)
+    position = ((torch.arange(out_len, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    low = position.long().clamp(max=in_len - 1)
+    return low, (low + 1).clamp(max=in_len - 1), (position - low).clamp(0, 1)
 
 
 def upsampled_strips(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 24):
     """Yield (row0, row1, (C, row1-row0, W) strip) of `scores` (C, h, w) resized bilinearly to `size` = (H, W).
 
-    Equal to F.interpolate(bilinear, align_corners=False) on the whole map, but strip by strip, so that a large
-    photo with many classes never holds every full-resolution score map at once.
+    The whole map at once (F.interpolate, align_corners=False) when the result is no larger than `scores` or
+    `max_elements`; otherwise strip by strip, so that a large photo with many classes never holds every
+    full-resolution score map at once. A strip blends its source rows, then resizes along the width only.
     """
     classes = scores.shape[0]
+    if classes * size[0] * size[1] <= max(max_elements, scores.numel()):
+        yield 0, size[0], F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+        return
     rows_low, rows_high, row_weight = _bilinear_taps(size[0], scores.shape[1], scores.device)
-    cols_low, cols_high, col_weight = _bilinear_taps(size[1], scores.shape[2], scores.device)
+    by_row = scores.permute(1, 2, 0)  # (h, w, C): a row of every class is one block in the model's layout
     step = max(1, max_elements // (classes * size[1]))
     for y0 in range(0, size[0], step):
         y1 = min(y0 + step, size[0])
-        w = row_weight[y0:y1].view(1, -1, 1)
-        rows = scores[:, rows_low[y0:y1]] * (1 - w) + scores[:, rows_high[y0:y1]] * w
-        yield y0, y1, rows[:, :, cols_low] * (1 - col_weight) + rows[:, :, cols_high] * col_weight
+        rows = torch.lerp(by_row[rows_low[y0:y1]], by_row[rows_high[y0:y1]], row_weight[y0:y1].view(-1, 1, 1))
+        strip = F.interpolate(
+            rows.permute(2, 0, 1)[None], size=(y1 - y0, size[1]), mode="bilinear", align_corners=False
+        )
+        yield y0, y1, strip[0]
 
 
 def _summarize(
@@ -435,7 +443,7 @@ def _summarize(
             winner = torch.where(best < background, classes, winner)
         counts += torch.bincount(winner.flatten(), minlength=classes + 1)
         sums += torch.bincount(winner.flatten(), weights=best.flatten().double(), minlength=classes + 1)
-        highest = torch.maximum(highest, strip.flatten(1).amax(1))
+        highest = torch.maximum(highest, strip.amax(dim=(1, 2)))  # NaN, if any, propagates
         labels[y0:y1] = torch.where(winner == classes, BACKGROUND_LABEL, winner).cpu().numpy()
         if full is not None:
             full[:, y0:y1] = strip.cpu().numpy()
