@@ -56,7 +56,7 @@ def test_each_class_list_is_encoded_once():
     tower.register_forward_hook(lambda *_: calls.append(1))
     first = class_embeddings(("a", "b"), "single", text_encoder=tower)
     second = class_embeddings(("a", "b"), "single", text_encoder=tower)
-    assert len(calls) == 2 and torch.equal(first, second)  # one forward per class, none on the second call
+    assert len(calls) == 1 and torch.equal(first, second)  # the names together, none on the second call
 
 
 def test_missing_file_without_text_tower_says_what_to_do():

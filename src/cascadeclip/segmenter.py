@@ -224,8 +224,10 @@ class Segmenter:
         return cls(model, model.text_encoder, device, **options)
 
     def class_embeddings(self, names: list[str] | tuple[str, ...]) -> torch.Tensor:
-        """(C, D) unit-norm embeddings of `names`, from the cache where possible, else from the text tower."""
-        return self.text_cache.embeddings(list(names))
+        """(C, D) unit-norm embeddings of `names`, from the cache where possible, else from the text tower (in fp32
+        also for bf16 inference: the embeddings are cached for either)."""
+        with fast_inference(self.device, "fp32"):
+            return self.text_cache.embeddings(list(names))
 
     def set_image(self, image: str | Path | Image.Image | np.ndarray) -> None:
         """Run the image encoder on `image` (each sliding window, in slide mode) and keep its output, so that

@@ -91,21 +91,30 @@ def load_embedding_file(path: str | Path, num_classes: int | None = None) -> tor
     return torch.from_numpy(array.astype(np.float32))
 
 
+PROMPTS_PER_BATCH = 512  # prompts through the text tower at once: large matrix products, bounded memory
+
+
 @torch.no_grad()
 def encode_class_names(
     text_encoder: TextEncoder, names: list[str] | tuple[str, ...], templates: tuple[str, ...]
 ) -> torch.Tensor:
-    """(C,) class names -> (C, D) unit-norm embeddings: mean over templates of unit-norm embeddings, renormalised."""
+    """(C,) class names -> (C, D) unit-norm embeddings: mean over templates of unit-norm embeddings, renormalised.
+
+    The prompts of several names go through the tower together, whole names at a time.
+    """
     device = text_encoder.text_projection.device
-    context = text_encoder.cfg.context_length
+    names_per_batch = max(1, PROMPTS_PER_BATCH // len(templates))
     rows = []
-    for name in names:
-        tokens = tokenize([t.format(name) for t in templates], context_length=context).to(device)
+    for first in range(0, len(names), names_per_batch):
+        batch = names[first : first + names_per_batch]
+        prompts = [template.format(name) for name in batch for template in templates]
+        tokens = tokenize(prompts, context_length=text_encoder.cfg.context_length).to(device)
         # Attention is causal and the embedding is read at the end-of-text token, so the padding after the longest
         # prompt changes nothing: cut it (prompts are some 10 of the 77 tokens: several times less work).
         tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]  # through the last end-of-text token (largest id)
-        rows.append(F.normalize(text_encoder(tokens).float().mean(0), dim=-1))
-    return torch.stack(rows)
+        per_template = text_encoder(tokens).float().view(len(batch), len(templates), -1)
+        rows.append(F.normalize(per_template.mean(1), dim=-1))
+    return torch.cat(rows)
 
 
 def _digest(*parts: str) -> str:

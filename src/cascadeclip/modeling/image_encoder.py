@@ -10,10 +10,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU, ResidualAttentionBlock, Transformer
+from open_clip.transformer import QuickGELU, Transformer
 from torch import nn
 
 from ..config import ImageEncoderConfig
+from .clip_block import block_forward
 
 
 def resize_positional_grid(grid_rows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -27,34 +28,6 @@ def resize_positional_grid(grid_rows: torch.Tensor, size: tuple[int, int]) -> to
     grid = grid_rows.reshape(1, g, g, width).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(size[0] * size[1], width)
-
-
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, kv_only: torch.Tensor | None = None) -> torch.Tensor:
-    """One open_clip block over the tokens `x`, plus tokens that serve as keys and values only.
-
-    The block's nn.MultiheadAttention weights are applied here with F.linear on batch-first tensors and fused
-    attention rather than through the module. The module transposes its input to sequence-first, and under autograd
-    F.linear on that transposed view falls back to batched products with the weight expanded per token, several
-    times slower; its cross-attention path also runs batched windows as many tiny matrix products.
-
-    Args:
-        block: a pre-norm block (x += attn(ln_1(x)); x += mlp(ln_2(x))), its attention without dropout.
-        x: (B, L, W) tokens.
-        kv_only: (B, T, W) tokens that the tokens of `x` attend to as well, whose own outputs are not computed
-            (attention does not depend on the order of the keys, so theirs go last).
-    Returns:
-        (B, L, W) the block's output at the tokens of `x`.
-    """
-    attn, (batch, length, width) = block.attn, x.shape
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    if kv_only is not None:
-        kv_weight, kv_bias = attn.in_proj_weight[width:], attn.in_proj_bias[width:]
-        extra_k, extra_v = F.linear(block.ln_1(kv_only), kv_weight, kv_bias).chunk(2, dim=-1)
-        k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
-    q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
-    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
-    x = x + block.ls_1(attn.out_proj(attended))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class ImageEncoder(nn.Module):

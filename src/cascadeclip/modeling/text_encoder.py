@@ -9,6 +9,7 @@ from open_clip.transformer import QuickGELU, Transformer
 from torch import nn
 
 from ..config import TextEncoderConfig
+from .clip_block import block_forward
 
 
 class TextEncoder(nn.Module):
@@ -22,14 +23,13 @@ class TextEncoder(nn.Module):
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, act_layer=QuickGELU, norm_layer=nn.LayerNorm)
         self.ln_final = nn.LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(cfg.width**-0.5 * torch.randn(cfg.width, cfg.output_dim))
-        causal = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu(1)
-        self.register_buffer("attn_mask", causal, persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, L) int token ids with SOT/EOT (EOT has the largest id) -> (N, D) unit-norm embeddings."""
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length]
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        for block in self.transformer.resblocks:  # CLIP's causal mask: a token sees itself and those before it
+            x = block_forward(block, x, causal=True)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ self.text_projection
         return F.normalize(x, dim=-1)
