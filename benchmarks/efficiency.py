@@ -61,7 +61,7 @@ from cascadeclip.inference.onnx_export import (
 from cascadeclip.inference.predict import predict_scores
 from cascadeclip.inference.text_embeddings import class_embeddings
 from cascadeclip.modeling.cascade_clip import CascadeCLIP, upsample
-from cascadeclip.modeling.image_encoder import block_forward
+from cascadeclip.modeling.clip_block import block_forward
 from cascadeclip.modeling.zero_shot import training_losses
 from cascadeclip.profiling.flops import count_flops
 from cascadeclip.profiling.fps import generated_image_size, protocol_fps, protocol_images, slide_predictor
