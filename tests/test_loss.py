@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cascadeclip.modeling import loss
 from cascadeclip.modeling.loss import cascade_loss
 
 
@@ -25,8 +26,11 @@ def one_hot_definition(logits: torch.Tensor, labels: torch.Tensor, normaliser: f
     return 100 * focal, dice_rows[present].sum() / normaliser
 
 
+@pytest.mark.parametrize("block_classes", [None, 2], ids=["one block", "blocks of 2 classes"])
 @pytest.mark.parametrize("scale", [1.0, 30.0], ids=["moderate logits", "saturated logits"])
-def test_loss_from_labels_equals_the_one_hot_definition(scale):
+def test_loss_from_labels_equals_the_one_hot_definition(scale, block_classes, monkeypatch):
+    if block_classes is not None:  # the sums over every logit taken a block of classes at a time
+        monkeypatch.setattr(loss, "BLOCK_ELEMENTS", block_classes * 2 * 24 * 20)
     torch.manual_seed(0)
     logits = (scale * torch.randn(2, 7, 24, 20)).requires_grad_()
     labels = torch.randint(0, 5, (2, 24, 20))  # classes 5 and 6 absent: their dice rows are left out

@@ -37,47 +37,97 @@ def mask_normaliser(num_pairs: int, device: torch.device) -> torch.Tensor:
     return pairs_per_process(n, dist.get_world_size() if is_distributed() else 1)
 
 
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+BLOCK_ELEMENTS = 1 << 19  # logits per block of `EveryLogitSums`: its intermediates stay in the CPU's cache
+
+
+class EveryLogitSums(torch.autograd.Function):
+    """The two sums of the losses over every (image, class, pixel) logit x, with p = sigmoid(x):
+
+    - sum of softplus(x) * p^gamma: the focal loss of every logit taken as a negative (unscaled by 1 - alpha);
+    - per (image, class), sum of p: the dice term's sum of probabilities.
+
+    Written out by hand, a block of classes at a time, so that no (B, C, P) intermediate is kept and each block's stay
+    in cache: the losses otherwise make some twenty passes over the full-resolution logits, forward and backward.
+    Gradient: d/dx softplus(x) p^g = p^g (p + g softplus(x) (1 - p)); d/dx p = p (1 - p).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, P) logits -> (scalar negatives sum, (B, C) probability sums)."""
+        ctx.save_for_backward(logits)
+        ctx.gamma = gamma
+        negatives = logits.new_zeros(())
+        prob_sums = logits.new_empty(logits.shape[:2])
+        for block in _class_blocks(logits):
+            x = logits[:, block]
+            p = x.sigmoid()
+            prob_sums[:, block] = p.sum(-1)
+            negatives += F.softplus(x).mul_(p.pow(gamma)).sum()
+        return negatives, prob_sums
+
+    @staticmethod
+    def backward(ctx, grad_negatives: torch.Tensor, grad_prob_sums: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (logits,) = ctx.saved_tensors
+        gamma = ctx.gamma
+        grad = torch.empty_like(logits)
+        for block in _class_blocks(logits):
+            x = logits[:, block]
+            p = x.sigmoid()
+            slope = p * (1 - p)
+            focal = F.softplus(x).mul_(gamma).mul_(1 - p).add_(p).mul_(p.pow(gamma)).mul_(grad_negatives)
+            grad[:, block] = focal.addcmul_(slope, grad_prob_sums[:, block, None])
+        return grad, None
+
+
+def _class_blocks(logits: torch.Tensor) -> list[slice]:
+    """Slices of the class axis of (B, C, P) `logits`, each of about BLOCK_ELEMENTS logits."""
+    per_block = max(1, BLOCK_ELEMENTS // (logits.shape[0] * logits.shape[2]))
+    return [slice(c, c + per_block) for c in range(0, logits.shape[1], per_block)]
+
+
 def sigmoid_focal_loss(
-    logits: torch.Tensor,
-    prob: torch.Tensor,
-    labels: torch.Tensor,
-    normaliser: torch.Tensor,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
+    negatives: torch.Tensor, own: torch.Tensor, valid: torch.Tensor, pixels: int, normaliser: torch.Tensor
 ) -> torch.Tensor:
     """Sum over (image, class) rows of the per-row mean focal loss against one-hot targets, divided by `normaliser`.
 
     Args:
-        logits, prob: (B, C, P) logits and their sigmoid.
-        labels: (B, P) in [0, C) or 255 (ignore: a negative for every class).
+        negatives: the sum over every logit of its focal loss as a negative (`EveryLogitSums`).
+        own: (B, P) each pixel's logit of its labelled class; valid: (B, P) False where the label is ignored.
+        pixels: P, the pixels of a row.
     With a binary target t the focal loss of a logit x is alpha_t * BCE(x, t) * (1 - p_t)^gamma: for t = 0,
     (1 - alpha) * softplus(x) * sigmoid(x)^gamma; for t = 1, alpha * softplus(-x) * sigmoid(-x)^gamma. So every logit
-    is summed as a negative, and the one positive of each labelled pixel is then corrected. This is the sum over
-    one-hot targets without building them: a few passes over the (B, C, P) logits instead of a dozen, forward and
-    backward, which dominated a training step's loss.
+    is summed as a negative, and the one positive of each labelled pixel is then corrected: the sum over one-hot
+    targets without building them.
     """
-    negatives = (F.softplus(logits) * prob.pow(gamma)).sum() * (1 - alpha)
-    valid = labels != IGNORE_INDEX
-    index = torch.where(valid, labels, 0).unsqueeze(1)
-    x, p = logits.gather(1, index).squeeze(1), prob.gather(1, index).squeeze(1)
-    as_positive = alpha * F.softplus(-x) * (1 - p).pow(gamma)
-    as_negative = (1 - alpha) * F.softplus(x) * p.pow(gamma)
+    alpha, gamma = FOCAL_ALPHA, FOCAL_GAMMA
+    p = own.sigmoid()
+    as_positive = alpha * F.softplus(-own) * (1 - p).pow(gamma)
+    as_negative = (1 - alpha) * F.softplus(own) * p.pow(gamma)
     correction = torch.where(valid, as_positive - as_negative, 0.0).sum()
-    return (negatives + correction) / logits.shape[-1] / normaliser
+    return ((1 - alpha) * negatives + correction) / pixels / normaliser
 
 
-def dice_loss(prob: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+def dice_loss(
+    prob_sums: torch.Tensor,
+    own: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    counts: torch.Tensor,
+    normaliser: torch.Tensor,
+) -> torch.Tensor:
     """Sum over the (image, class) rows with pixels of that class of 1 - (2 sum(p t) + 1) / (sum p + sum t + 1),
-    divided by `normaliser`; t the one-hot targets (all zero on ignored pixels), p = `prob` (B, C, P).
+    divided by `normaliser`; t the one-hot targets (all zero on ignored pixels), p the probabilities.
 
-    sum(p t) gathers each labelled pixel's probability of its own class; sum t is `counts` (B, C), the pixels of each
-    class (`class_pixel_counts`).
+    Args:
+        prob_sums: (B, C) sum p of each row (`EveryLogitSums`).
+        own, index, valid: (B, P) each pixel's logit of its labelled class, that class (0 where ignored), and False
+            where the label is ignored: sum(p t) adds up the probabilities of the labelled pixels per class.
+        counts: (B, C) sum t, the pixels of each class (`class_pixel_counts`).
     """
-    valid = labels != IGNORE_INDEX
-    index = torch.where(valid, labels, 0)
-    own = torch.where(valid, prob.gather(1, index.unsqueeze(1)).squeeze(1), 0.0)
-    overlap = torch.zeros_like(counts, dtype=prob.dtype).scatter_add(1, index, own)
-    rows = 1 - (2 * overlap + 1) / (prob.sum(-1) + counts + 1)
+    own_prob = torch.where(valid, own.sigmoid(), 0.0)
+    overlap = torch.zeros_like(counts, dtype=own_prob.dtype).scatter_add(1, index, own_prob)
+    rows = 1 - (2 * overlap + 1) / (prob_sums + counts + 1)
     return rows[counts > 0].sum() / normaliser
 
 
@@ -104,7 +154,10 @@ def cascade_loss(
     num_pairs = (counts > 0).sum()
     if normaliser is None:
         normaliser = mask_normaliser(int(num_pairs), logits.device)
-    prob = logits.sigmoid()  # shared by both terms
-    focal = sigmoid_focal_loss(logits, prob, labels, normaliser)
-    dice = dice_loss(prob, labels, counts, normaliser)
+    valid = labels != IGNORE_INDEX
+    index = torch.where(valid, labels, 0)
+    own = logits.gather(1, index.unsqueeze(1)).squeeze(1)  # (B, P) each pixel's logit of its labelled class
+    negatives, prob_sums = EveryLogitSums.apply(logits, FOCAL_GAMMA)
+    focal = sigmoid_focal_loss(negatives, own, valid, logits.shape[-1], normaliser)
+    dice = dice_loss(prob_sums, own, index, valid, counts, normaliser)
     return {"loss_focal": focal_weight * focal, "loss_dice": dice_weight * dice, "num_pairs": num_pairs}
