@@ -15,7 +15,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from cascadeclip.app import SegmentationPage
+import cascadeclip.app
+from cascadeclip.app import KEEP_PER_SESSION, SegmentationPage, build_app
 from cascadeclip.cli.main import main
 from cascadeclip.segmenter import MAX_CLASSES
 
@@ -92,6 +93,55 @@ def test_errors_are_one_line_on_the_page(page, photo, tmp_path, image, names, th
     assert result.status.startswith("<b>Error:</b>") and message in result.status and "\n" not in result.status
     assert result.overlay is result.labels is result.summary is result.table is None
     assert page.segment(photo, "cat", 0, "slide").overlay is not None  # the page still works afterwards
+
+
+def request_folders(page: SegmentationPage) -> set[Path]:
+    return {p for p in page.out.iterdir() if p.is_dir()}
+
+
+def test_each_visitor_keeps_the_files_of_their_latest_requests_only(page, photo, tmp_path):
+    """A long-running server does not pile up a folder per request: the latest few per session stay, a visitor who
+    leaves takes theirs along, and nothing else is deleted."""
+    beside = tmp_path / "beside.txt"  # a file next to the page's folder, and the upload: never touched
+    beside.write_text("keep")
+    first = page.segment(photo, "cat, rug", 0, "slide", session="a")
+    later = [page.segment(photo, f"cat, thing {i}", 0, "slide", session="a") for i in range(KEEP_PER_SESSION + 1)]
+    other = page.segment(photo, "dog", 0, "slide", session="b")
+    kept = later[-KEEP_PER_SESSION:]
+    assert request_folders(page) == {r.labels.parent for r in [*kept, other]}
+    assert not first.labels.parent.exists() and not later[0].summary.exists()
+    assert all(r.overlay.is_file() and r.labels.is_file() and r.summary.is_file() for r in [*kept, other])
+    page.segment(photo, "cat", 0, "slide")  # without a session (a direct call): bounded all the same
+    assert len(request_folders(page)) == KEEP_PER_SESSION + 2
+
+    page.end_session("a")
+    assert {r.labels.parent for r in kept}.isdisjoint(request_folders(page))
+    assert other.summary.is_file() and len(request_folders(page)) == 2
+    page.end_session("nobody")  # a visitor who never asked for anything
+    assert Path(photo).is_file() and beside.read_text() == "keep"
+
+
+def test_the_visitors_heard_from_longest_ago_lose_their_files_first(page, photo, monkeypatch):
+    monkeypatch.setattr(cascadeclip.app, "MAX_SESSIONS", 2)
+    results = {session: page.segment(photo, "cat", 0, "slide", session=session) for session in "abc"}
+    assert request_folders(page) == {results["b"].labels.parent, results["c"].labels.parent}
+
+
+def test_the_gradio_page_tells_the_requests_session_and_its_end(page, photo):
+    gr = pytest.importorskip("gradio")
+    from gradio.utils import get_type_hints, is_special_typed_parameter
+
+    app = build_app(page)
+    handlers = list(app.fns.values())
+    assert all(is_special_typed_parameter("request", get_type_hints(h.fn)) for h in handlers)  # Gradio fills it in
+    leave = [h.fn for h in handlers if any(target[1] == "unload" for target in h.targets)]
+    segment = [h.fn for h in handlers if h.fn not in leave]
+    assert len(leave) == 1 and len(segment) == 5
+    visitor = gr.Request(session_hash="visitor")
+    status, overlay, *_ = segment[0](photo, "cat, rug", 0, "slide", visitor)
+    assert "names found" in status and Path(overlay).parent in request_folders(page)
+    leave[0](visitor)
+    assert not Path(overlay).exists() and request_folders(page) == set()
 
 
 def test_the_command_refuses_a_port_in_use_before_loading_anything(capsys):

@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import skimage.data
 from PIL import Image
 
-from cascadeclip.app import CSS, SegmentationPage, build_app
+from cascadeclip.app import CSS, KEEP_PER_SESSION, SegmentationPage, build_app
 
 from test_feature_reuse import count_calls, tiny_segmenter
 
@@ -157,3 +158,32 @@ def test_a_file_that_is_not_an_image_gets_a_message(browser_page, tmp_path):
     browser_page.locator("#status", has_text="drop an image").wait_for()  # names, no image yet
     browser_page.locator("#image input[type=file]").set_input_files(str(notes))
     browser_page.locator("#status", has_text="notes.jpg cannot be read as an image").wait_for()
+
+
+def test_a_visitor_keeps_only_their_latest_files_and_takes_them_along_when_leaving(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    address, page = served
+    photo = tmp_path / "chelsea.png"
+    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
+    before = {p for p in page.out.glob("request-*")}  # other tests' visitors may still be leaving
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            tab = browser.new_page()
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(address)
+            tab.locator("#image input[type=file]").set_input_files(str(photo))
+            for i in range(KEEP_PER_SESSION + 2):
+                segment_names(tab, f"cat, thing {i}")
+                tab.wait_for_function(
+                    f"[...document.querySelectorAll('#classes td.name')].some(e => e.innerText == 'thing {i}')"
+                )
+            mine = {p for p in page.out.glob("request-*")} - before
+            assert len(mine) == KEEP_PER_SESSION
+        finally:
+            browser.close()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while any(p.exists() for p in mine) and time.monotonic() < deadline:  # Gradio's unload event, once the tab is gone
+        time.sleep(0.2)
+    assert not any(p.exists() for p in mine)

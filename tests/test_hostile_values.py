@@ -28,10 +28,10 @@ from hostile import cli, refused
         ("train.iters=true", "train.iters: expected int, got True"),
         ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
         ("test.stride=0", "test.stride must be >= 1, got 0"),
-        ("test.stride=600", "stride (600) must not exceed crop_size (512)"),
+        ("test.stride=600", "test.stride (600) must not exceed test.crop_size (512)"),
         ("test.mode=bogus", "test.mode must be one of slide, whole, got 'bogus'"),
-        ("test.short_side=100", "short_side (100) must be at least crop_size (512) in slide mode"),
-        ("model.head.heads=3", "model.head: heads (3) must divide dim (512)"),
+        ("test.short_side=100", "test.short_side (100) must be at least test.crop_size (512) in slide mode"),
+        ("model.head.heads=3", "model.head.heads (3) must divide model.head.dim (512)"),
         ("model.image_encoder.tap_blocks=[7,3]", "tap_blocks (7, 3) must be increasing block indices"),
         ("model.image_encoder.prompt_dropout=1.5", "model.image_encoder.prompt_dropout must be in [0.0, 1.0)"),
         ("classes.unseen=[100]", "classes.unseen: [100] must be distinct class indices in 0..19"),
@@ -128,3 +128,38 @@ def test_an_embeddings_file_with_the_wrong_row_count_stops_training_before_the_m
         match="5 rows of class embeddings, but the configuration has 20 classes",
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_segment_option_out_of_range_is_named_as_typed(tiny_checkpoint, tmp_path, capsys):
+    """--short-side sets the inference protocol's short_side; the error names the option the user gave."""
+    from hostile import write_image
+
+    image = write_image(tmp_path / "x.png")
+    segment = ["segment", image, "--classes", "a, b", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "o"]
+    line = refused(capsys, *segment, "--short-side", "10", match="--short-side (10) must be at least")
+    assert "short_side" not in line and "--mode whole" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("root", ["2024", "[a, b]", "'quoted'", "x: y", "#x"])
+def test_the_data_root_of_train_is_taken_as_typed(root, monkeypatch, tmp_path, capsys):
+    """--data-root sets data.root as the text given (a folder may be named like a YAML number, list or comment)."""
+    import cascadeclip.cli.train
+
+    given = []
+
+    def stop(cfg):
+        given.append(cfg.data.root)
+        raise UserError("stopped before the run")
+
+    monkeypatch.setattr(cascadeclip.cli.train, "check_training_inputs", stop)
+    refused(capsys, "train", "voc-inductive", "--data-root", root, "--run-dir", tmp_path / "r", match="stopped before")
+    assert given == [root]
+
+
+def test_a_problem_across_keys_names_the_keys_as_written_in_a_yaml_file(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: voc-inductive\ntest:\n  short_side: 100\nmodel:\n  head:\n    heads: 3\n")
+    line = refused(capsys, "train", path, "--run-dir", tmp_path / "r", match="mine.yaml: ")
+    assert "test.short_side (100) must be at least test.crop_size (512) in slide mode" in line
+    assert "model.head.heads (3) must divide model.head.dim (512)" in line

@@ -156,7 +156,10 @@ def _edit_config(**fields):
         (_edit_config(bogus=1), "unknown field 'bogus'"),
         (_edit_config(width="wide"), "model_config.image_encoder.width: expected int"),
         (_edit_config(prompt_tokens=-4), "model_config.image_encoder.prompt_tokens must be >= 0"),
-        (_edit_config(heads=5), "heads (5) must divide width (64)"),
+        (
+            _edit_config(heads=5),
+            "model_config.image_encoder.heads (5) must divide model_config.image_encoder.width (64)",
+        ),
     ],
 )
 def test_tampered_metadata_is_a_clear_error(tiny_checkpoint, tmp_path, change, message):

@@ -8,6 +8,12 @@ own writer.
 The image is encoded once (`Segmenter.set_image`): new names or a new threshold run only the head. One model serves
 every visitor, one request at a time; when a visitor's image is not the one the model holds, it is encoded again.
 
+Each request writes its files into a folder of its own under the page's temporary folder. Gradio serves copies of
+them from its own cache, so a request's folder is needed only while it is answered: the page keeps the folders of
+each visitor's (session's) latest `KEEP_PER_SESSION` requests, of the `MAX_SESSIONS` visitors heard from last, and
+deletes a visitor's folders when they leave (Gradio's unload event). A server that runs for weeks holds at most
+KEEP_PER_SESSION x MAX_SESSIONS request folders.
+
 `SegmentationPage` does the work and knows nothing of Gradio, so that it can be tested directly; `build_app` lays
 it out as a Gradio page.
 """
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import html
+import shutil
 import tempfile
 import threading
 import traceback
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,10 @@ from .utils import UserError
 from .visualize import palette
 
 MODES = {"sliding windows (as the authors evaluate)": "slide", "whole image, one pass": "whole"}
+# A visitor's latest requests whose files are kept: more than one, so that a request still being answered (a slider
+# released while names were submitted) keeps its files until Gradio has copied them.
+KEEP_PER_SESSION = 3
+MAX_SESSIONS = 100  # visitors whose files are kept; the one heard from longest ago loses its files first
 
 
 @dataclass
@@ -50,7 +62,8 @@ class SegmentationPage:
     Args:
         segmenter: the model; its `mode` is switched by the page.
         args: the command line (weights and their paths, recorded in the JSON as `cascade-clip segment` does).
-        out: folder for the files offered for download (a fresh subfolder per request).
+        out: folder for the files offered for download (a fresh subfolder per request; the page deletes the
+            subfolders it made, see the module's docstring, and nothing else).
     """
 
     def __init__(self, segmenter: Segmenter, args: argparse.Namespace, out: Path):
@@ -60,9 +73,14 @@ class SegmentationPage:
         self.random_weights = bool(args.random_weights)
         self._lock = threading.Lock()  # one model, one image held: requests take turns
         self._encoded_key: tuple[str, str] | None = None  # (image file, mode) the segmenter holds
+        # The request folders kept, per session, oldest first; the session heard from longest ago first.
+        self._folders: OrderedDict[str, deque[Path]] = OrderedDict()
 
-    def segment(self, image_file: str | None, names_text: str, threshold: float, mode: str) -> PageResult:
-        """Segment the image file into the comma-separated names; `threshold` 0 means no background."""
+    def segment(
+        self, image_file: str | None, names_text: str, threshold: float, mode: str, session: str = ""
+    ) -> PageResult:
+        """Segment the image file into the comma-separated names; `threshold` 0 means no background. `session`
+        tells visitors apart (Gradio's session hash), so that each keeps the files of its latest requests."""
         try:
             if not image_file:
                 raise UserError("drop an image on the left, or click there to choose one")
@@ -76,7 +94,7 @@ class SegmentationPage:
             with self._lock:
                 self._encode(image_file, mode)
                 prediction = self.segmenter.predict(names, background=background, scores=False)
-                return self._write(Path(image_file), prediction, background)
+                return self._write(Path(image_file), prediction, background, session)
         except UserError as err:
             return PageResult(status=f"<b>Error:</b> {html.escape(str(err), quote=False)}")
         except Exception as err:  # shown in one line; the traceback goes to the server's log only
@@ -99,10 +117,30 @@ class SegmentationPage:
         self.segmenter.set_image(image)
         self._encoded_key = key
 
-    def _write(self, image_file: Path, prediction: Prediction, background: float | None) -> PageResult:
-        """The segment command's files for this request, in a folder of its own, and the page's table."""
+    def end_session(self, session: str) -> None:
+        """Delete the files of a visitor who left (Gradio's unload event: the page was closed or reloaded)."""
+        with self._lock:
+            for folder in self._folders.pop(session, ()):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _new_folder(self, session: str) -> Path:
+        """A fresh folder for a request of `session`; the folders beyond the latest KEEP_PER_SESSION of the session,
+        and those of sessions beyond the MAX_SESSIONS heard from last, are deleted."""
         self.out.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="request-", dir=self.out))
+        kept = self._folders.pop(session, deque())
+        kept.append(folder)
+        self._folders[session] = kept  # heard from last
+        stale = [kept.popleft() for _ in range(len(kept) - KEEP_PER_SESSION)]
+        while len(self._folders) > MAX_SESSIONS:
+            stale += self._folders.popitem(last=False)[1]
+        for old in stale:  # only folders made here, by mkdtemp inside `out`
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def _write(self, image_file: Path, prediction: Prediction, background: float | None, session: str) -> PageResult:
+        """The segment command's files for this request, in a folder of its own, and the page's table."""
+        folder = self._new_folder(session)
         paths = output_paths(folder, image_file, with_scores=False)
         settings = output_settings(self.args, self.segmenter, prediction.names, background, scores=False)
         colors = palette(len(prediction.names))
@@ -193,13 +231,20 @@ def build_app(page: SegmentationPage):
                     labels = gr.File(label="Label PNG", elem_id="labels_file")
                     summary = gr.File(label="JSON summary", elem_id="summary_file")
 
-        def run(image_file, names_text, threshold_value, mode_value):
-            result = page.segment(image_file, names_text, threshold_value, mode_value)
+        def run(image_file, names_text, threshold_value, mode_value, request):
+            result = page.segment(image_file, names_text, threshold_value, mode_value, request.session_hash)
             files = (str(p) if p is not None else None for p in (result.overlay, result.labels, result.summary))
             overlay_file, labels_file, summary_file = files
             return result.status, overlay_file, result.table, labels_file, summary_file
 
+        def leave(request):
+            page.end_session(request.session_hash)
+
+        # Gradio hands the request (and its session) to a parameter annotated gr.Request. It reads the annotation
+        # as an object; this module's annotations are strings (gradio is imported in this function only).
+        run.__annotations__ = leave.__annotations__ = {"request": gr.Request}
         inputs, outputs = [image, names, threshold, mode], [status, overlay, table, labels, summary]
         for event in (image.change, names.submit, button.click, threshold.release, mode.change):
             event(run, inputs, outputs)
+        app.unload(leave)
     return app

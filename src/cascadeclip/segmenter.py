@@ -57,6 +57,8 @@ MAX_NAME_LENGTH = 200
 # Pixels of the image at inference resolution: the scores of every class are held at that size, so a 20000x5 strip,
 # whose short side becomes 512, would need hundreds of GB. 2^24 is 512 x 32768 (a 64:1 panorama).
 MAX_WORKING_PIXELS = 1 << 24
+# The keys of the inference protocol (a `TestConfig`) that the constructor's keywords name otherwise, for its errors.
+PROTOCOL_KEYWORDS = {"crop_size": "crop"}
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -160,7 +162,8 @@ class Segmenter:
                 crop_size=crop,
                 stride=max(1, round(crop * 426 / 512)) if stride is None else stride,
                 window_batch=window_batch,
-            )
+            ),
+            names=PROTOCOL_KEYWORDS,
         )
         if crop % model.cfg.image_encoder.patch_size:
             raise UserError(f"crop {crop} must be a multiple of the patch size {model.cfg.image_encoder.patch_size}")
@@ -194,7 +197,7 @@ class Segmenter:
 
     @mode.setter
     def mode(self, mode: str) -> None:
-        self.protocol = validate(dataclasses.replace(self.protocol, mode=mode))
+        self.protocol = validate(dataclasses.replace(self.protocol, mode=mode), names=PROTOCOL_KEYWORDS)
 
     @classmethod
     def from_pretrained(

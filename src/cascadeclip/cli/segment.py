@@ -41,6 +41,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..data.image_files import image_loader, reissue_warnings, unreadable_images
 from ..data.images import IMAGE_SUFFIXES
 from ..engine.distributed import DistInfo, all_gather_objects, check_device, cleanup, init_distributed
@@ -314,8 +315,20 @@ def write_outputs(
     atomic_write(paths["summary"], lambda tmp: tmp.write_text(text))
 
 
+# The keys of the Segmenter's inference protocol that the options set (and the model's crop, which none sets), as its
+# errors name them: "--short-side (10) must be at least the window size (512) in slide mode", not "short_side".
+PROTOCOL_OPTIONS = {"short_side": "--short-side", "mode": "--mode", "crop_size": "the window size"}
+
+
 def build_segmenter(args: argparse.Namespace, device: str | None = None) -> Segmenter:
     """The Segmenter the options ask for, on `device` (default: --device)."""
+    try:
+        return _build_segmenter(args, device)
+    except ConfigError as err:
+        raise err.renamed(PROTOCOL_OPTIONS) from None
+
+
+def _build_segmenter(args: argparse.Namespace, device: str | None) -> Segmenter:
     options = dict(
         device=device or args.device,
         templates="single" if args.single_template else "multi",

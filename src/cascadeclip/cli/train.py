@@ -26,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    cfg = resolve_config(args.config, overrides)
+    cfg = resolve_config(args.config, args.overrides, options={"data.root": ("--data-root", args.data_root)})
     check_device(args.device)
     run_dir = check_output_folder(args.run_dir or Path("runs") / cfg.name, "--run-dir")
     check_training_inputs(cfg)  # before the run folder is made for the lock

@@ -26,7 +26,9 @@ Class names, unseen classes, templates and embedding files come from each datase
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,6 +46,7 @@ from .schema import (
     TrainConfig,
     apply_overrides,
     merge,
+    nested,
     parse_override,
     validate,
 )
@@ -188,15 +191,21 @@ def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The configuration named on a command line: a preset name, or a YAML file, then `section.field=value` overrides.
+def resolve_config(
+    spec: str, overrides: list[str] | tuple[str, ...] = (), options: Mapping[str, tuple[str, Any]] | None = None
+) -> Config:
+    """The configuration named on a command line: a preset name, or a YAML file, then `section.field=value` overrides,
+    then the options that set keys.
 
     A YAML file holds sections to merge (`model:`, `classes:`, `train:`, ...) and may name the preset it starts
-    from with a top-level `preset: NAME`; without one it starts from the typed defaults.
+    from with a top-level `preset: NAME`; without one it starts from the typed defaults. `options` maps a key to the
+    option that sets it and the option's value, e.g. {"data.root": ("--data-root", "2024")} (a value None: the
+    option was not given). Their values are taken as they are, not read as YAML (a folder named 2024 stays the text
+    "2024"), and errors about their keys name the option.
     """
     if spec in PRESETS:
         try:
-            return validate(resolved(apply_overrides(_unresolved_preset(spec), overrides=overrides)))
+            return _completed(_unresolved_preset(spec), overrides, options or {})
         except ValueError as err:
             raise UserError(str(err)) from err
     path = Path(spec)
@@ -217,6 +226,15 @@ def resolve_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Co
     except ValueError as err:
         raise UserError(f"config file {path}: {err}") from err
     try:
-        return validate(resolved(apply_overrides(cfg, overrides=overrides)))
+        return _completed(cfg, overrides, options or {})
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
+
+
+def _completed(cfg: Config, overrides: list[str] | tuple[str, ...], options: Mapping[str, tuple[str, Any]]) -> Config:
+    """`cfg` with the overrides and the options' values merged, its classes resolved, checked."""
+    cfg = apply_overrides(cfg, overrides=overrides)
+    given = {key: (option, value) for key, (option, value) in options.items() if value is not None}
+    for key, (_, value) in given.items():
+        cfg = merge(cfg, nested(key, value))
+    return validate(resolved(cfg), names={key: option for key, (option, _) in given.items()})

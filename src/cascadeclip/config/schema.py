@@ -5,8 +5,10 @@ the authors; YAML files and `key=value` command-line overrides are merged over i
 resolved result is saved beside every run as YAML.
 
 Values are checked twice: their type when merged (`merge`), their range by `validate`, which reads the rules written
-beside each field (`checked(default, rule, ...)`) and then each section's `problems()` for rules across fields. A
-ConfigError names every key that is wrong, what it must be and what it is.
+beside each field (`checked(default, rule, ...)`) and then each section's `problems(name)` for rules across fields. A
+ConfigError names every key that is wrong, what it must be and what it is: by its full key (`test.short_side`, as a
+YAML file or an override writes it), or by what the user gave instead where a command-line option or a keyword argument
+set it (`--short-side`; see `validate`'s `names`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,19 @@ from ..utils import UserError
 
 
 class ConfigError(UserError):
-    """A configuration value of the wrong type or out of range; the message names the key."""
+    """Configuration values out of range; the message names each key as the user gave it (see `validate`).
+
+    It keeps what was checked, so that a caller that set some keys from its own options (the command line) can have
+    the same problems told with those options' names (`renamed`).
+    """
+
+    def __init__(self, cfg: Any, where: str = "", names: Mapping[str, str] | None = None):
+        self.cfg, self.where, self.names = cfg, where, dict(names or {})
+        super().__init__("; ".join(_problems(cfg, where, self.names)))
+
+    def renamed(self, names: Mapping[str, str]) -> ConfigError:
+        """The same error, the keys in `names` told by the names given there (e.g. "short_side" as "--short-side")."""
+        return ConfigError(self.cfg, self.where, self.names | dict(names))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,26 +88,40 @@ NON_NEGATIVE = at_least(0)
 PROBABILITY = between(0.0, 1.0, high_included=False)  # dropout rates
 
 
+# How a section's `problems(name)` names one of its fields in a message: name("short_side") is the full key
+# ("test.short_side"), or what the user set instead (a command-line option, "--short-side").
+Namer = Callable[[str], str]
+
+
 def checked(default: Any, *rules: Rule) -> Any:
     """A dataclass field with a default and the rules its values must follow (read by `validate`)."""
     return field(default=default, metadata={"rules": rules})
 
 
-def validate(cfg: Any, where: str = "") -> Any:
-    """`cfg` itself when every field follows its rules and every section's `problems()` is empty; else ConfigError
-    listing all that is wrong, each with its key (prefixed with `where`, the section's key, when given)."""
-    problems = _problems(cfg, where)
-    if problems:
-        raise ConfigError("; ".join(problems))
+def validate(cfg: Any, where: str = "", names: Mapping[str, str] | None = None) -> Any:
+    """`cfg` itself when every field follows its rules and every section's `problems(name)` is empty; else ConfigError
+    listing all that is wrong.
+
+    Each problem names its keys in full (prefixed with `where`, the section's key, when given: "test.short_side"),
+    except the keys in `names`, told by the name given there: what the user set instead of the key (a command-line
+    option such as "--short-side", a keyword argument).
+    """
+    if _problems(cfg, where, names or {}):
+        raise ConfigError(cfg, where, names)
     return cfg
 
 
-def _problems(cfg: Any, where: str) -> list[str]:
+def _problems(cfg: Any, where: str, names: Mapping[str, str]) -> list[str]:
+    def name(field_name: str) -> str:
+        """How a message names a field of this section ("short_side"; "image_encoder.output_dim" in `model`)."""
+        key = _key(where, field_name)
+        return names.get(key, key)
+
     found = []
     for f in dataclasses.fields(cfg):
-        value, key = getattr(cfg, f.name), _key(where, f.name)
+        value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            found += _problems(value, key)
+            found += _problems(value, _key(where, f.name), names)
             continue
         for rule in f.metadata.get("rules", ()):
             try:
@@ -101,10 +129,10 @@ def _problems(cfg: Any, where: str) -> list[str]:
             except TypeError:  # a value of another type (the typed merge lets a dataclass built in Python through)
                 holds = False
             if not holds:
-                found.append(f"{key} must be {rule.text}, got {value!r}")
+                found.append(f"{name(f.name)} must be {rule.text}, got {value!r}")
                 break
     if not found and hasattr(cfg, "problems"):
-        found += [f"{where}: {problem}" if where else problem for problem in cfg.problems()]
+        found += cfg.problems(name)
     return found
 
 
@@ -136,14 +164,18 @@ class ImageEncoderConfig:
         """Number of dense maps the encoder returns: one per tap plus the final map."""
         return len(self.tap_blocks) + 1
 
-    def problems(self) -> list[str]:
+    def problems(self, name: Namer) -> list[str]:
         found = []
         if self.image_size % self.patch_size:
-            found.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            found.append(
+                f"{name('image_size')} {self.image_size} is not a multiple of {name('patch_size')} {self.patch_size}"
+            )
         if list(self.tap_blocks) != sorted(set(self.tap_blocks)) or any(b >= self.layers for b in self.tap_blocks):
-            found.append(f"tap_blocks {self.tap_blocks} must be increasing block indices in [0, {self.layers})")
+            found.append(
+                f"{name('tap_blocks')} {self.tap_blocks} must be increasing block indices in [0, {self.layers})"
+            )
         if self.width % self.heads:
-            found.append(f"heads ({self.heads}) must divide width ({self.width})")
+            found.append(f"{name('heads')} ({self.heads}) must divide {name('width')} ({self.width})")
         return found
 
 
@@ -166,8 +198,10 @@ class HeadConfig:
     # blocks 8-10, the final block. `((6,),)` is the single last-layer decoder of ZegCLIP.
     stages: tuple[tuple[int, ...], ...] = checked(((0, 1, 2), (3, 4, 5), (6,)), Rule(bool, "at least one stage"))
 
-    def problems(self) -> list[str]:
-        return [f"heads ({self.heads}) must divide dim ({self.dim})"] if self.dim % self.heads else []
+    def problems(self, name: Namer) -> list[str]:
+        if self.dim % self.heads:
+            return [f"{name('heads')} ({self.heads}) must divide {name('dim')} ({self.dim})"]
+        return []
 
 
 @dataclass
@@ -181,8 +215,10 @@ class TextEncoderConfig:
     layers: int = checked(12, POSITIVE)
     output_dim: int = checked(512, POSITIVE)
 
-    def problems(self) -> list[str]:
-        return [f"heads ({self.heads}) must divide width ({self.width})"] if self.width % self.heads else []
+    def problems(self, name: Namer) -> list[str]:
+        if self.width % self.heads:
+            return [f"{name('heads')} ({self.heads}) must divide {name('width')} ({self.width})"]
+        return []
 
 
 @dataclass
@@ -196,15 +232,18 @@ class ModelConfig:
         """ConfigError naming every key out of range or inconsistent (see `validate`)."""
         validate(self, "model")
 
-    def problems(self) -> list[str]:
+    def problems(self, name: Namer) -> list[str]:
         enc, head, found = self.image_encoder, self.head, []
+        dim = f"{name('head.dim')} ({head.dim})"
         if enc.output_dim != head.dim:
-            found.append(f"image_encoder.output_dim ({enc.output_dim}) must equal head.dim ({head.dim})")
+            found.append(f"{name('image_encoder.output_dim')} ({enc.output_dim}) must equal {dim}")
         if self.text_encoder is not None and self.text_encoder.output_dim != head.dim:
-            found.append(f"text_encoder.output_dim ({self.text_encoder.output_dim}) must equal head.dim ({head.dim})")
+            found.append(f"{name('text_encoder.output_dim')} ({self.text_encoder.output_dim}) must equal {dim}")
         for stage in head.stages:
             if not stage or any(not 0 <= m < enc.num_maps for m in stage):
-                found.append(f"head.stages: stage {stage} must be non-empty map indices in [0, {enc.num_maps})")
+                found.append(
+                    f"{name('head.stages')}: stage {stage} must be non-empty map indices in [0, {enc.num_maps})"
+                )
         return found
 
 
@@ -295,6 +334,11 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
         raise ValueError(f"the value is not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    return nested(key, value)
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """'train.iters', 100 -> {'train': {'iters': 100}}: the updates `merge` takes to set one key."""
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -373,20 +417,22 @@ class ClassesConfig:
     def test_seen_shift(self) -> float:
         return self.seen_score_shift if self.setting == "inductive" else 0.0
 
-    def problems(self) -> list[str]:
-        found = []
+    def problems(self, name: Namer) -> list[str]:
+        found, unseen_key, names_key = [], name("unseen"), name("names")
         unseen = self.unseen or ()
         outside = [i for i in unseen if not 0 <= i < len(self.names)]
         if outside:
-            found.append(f"unseen {list(outside)} are not indices of the {len(self.names)} class names (0 .. n-1)")
+            found.append(
+                f"{unseen_key} {list(outside)} are not indices of the {len(self.names)} class names (0 .. n-1)"
+            )
         if len(set(unseen)) != len(unseen):
-            found.append(f"unseen {list(unseen)} repeats an index")
+            found.append(f"{unseen_key} {list(unseen)} repeats an index")
         if not self.names:
-            found.append("names must list at least one class")
+            found.append(f"{names_key} must list at least one class")
         elif any(not isinstance(n, str) or not n.strip() for n in self.names):
-            found.append("names must all be non-empty strings")
+            found.append(f"{names_key} must all be non-empty strings")
         elif len({n.casefold() for n in self.names}) != len(self.names):
-            found.append("names repeat a class name")
+            found.append(f"{names_key} repeat a class name")
         return found
 
 
@@ -436,14 +482,14 @@ class TrainConfig:
     log_interval: int = checked(10, POSITIVE)
     eval_interval: int = checked(0, NON_NEGATIVE)  # 0: no evaluation during training (the reference: only at the end)
 
-    def problems(self) -> list[str]:
+    def problems(self, name: Namer) -> list[str]:
         found = []
         if len(self.ratio_range) != 2 or self.ratio_range[0] > self.ratio_range[1]:
-            found.append(f"ratio_range {self.ratio_range} must be (low, high) with low <= high")
+            found.append(f"{name('ratio_range')} {self.ratio_range} must be (low, high) with low <= high")
         if len(self.scale) != 2 or len(self.betas) != 2:
-            found.append("scale and betas hold two values each")
+            found.append(f"{name('scale')} and {name('betas')} hold two values each")
         if self.min_lr > self.lr:
-            found.append(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+            found.append(f"{name('min_lr')} ({self.min_lr}) must not exceed {name('lr')} ({self.lr})")
         return found
 
 
@@ -459,16 +505,14 @@ class TestConfig:
     # background. A fixed value, the `Segmenter`'s default, never tuned on the images evaluated.
     background_threshold: float = checked(0.5, between(0.0, 1.0))
 
-    def problems(self) -> list[str]:
-        found = []
+    def problems(self, name: Namer) -> list[str]:
+        found, crop = [], f"{name('crop_size')} ({self.crop_size})"
         if self.stride > self.crop_size:
-            found.append(
-                f"stride ({self.stride}) must not exceed crop_size ({self.crop_size}): pixels would be skipped"
-            )
+            found.append(f"{name('stride')} ({self.stride}) must not exceed {crop}: pixels would be skipped")
         if self.mode == "slide" and self.short_side < self.crop_size:
             found.append(
-                f"short_side ({self.short_side}) must be at least crop_size ({self.crop_size}) in slide mode: "
-                "smaller images would give windows that are not whole patches"
+                f"{name('short_side')} ({self.short_side}) must be at least {crop} in slide mode (or set "
+                f"{name('mode')} whole): smaller images would give windows that are not whole patches"
             )
         return found
 
@@ -482,9 +526,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
-    def problems(self) -> list[str]:
+    def problems(self, name: Namer) -> list[str]:
         patch, found = self.model.image_encoder.patch_size, []
         for key, size in (("train.crop_size", self.train.crop_size), ("test.crop_size", self.test.crop_size)):
             if size % patch:
-                found.append(f"{key} ({size}) must be a multiple of model.image_encoder.patch_size ({patch})")
+                found.append(
+                    f"{name(key)} ({size}) must be a multiple of {name('model.image_encoder.patch_size')} ({patch})"
+                )
         return found
