@@ -47,13 +47,15 @@ def test_quick_benchmark_writes_every_part_of_the_results(tmp_path):
         expected_rows.add("ONNX Runtime, fp32")
         assert results["onnx"]["largest_difference"] < 1e-4  # as the export's own check: fp32 rounding
     assert expected_rows <= set(results["timings"])
-    assert len(results["training"]) == 4 and results["kernel_choices"]
+    assert len(results["training"]) == 5 and results["kernel_choices"]
     for target in (
         "fast path / best bare encoder, fp32",
         "same in bf16",
         "reference / fast path, fp32",
         "bf16 speed-up / bf16-fp32 peak ratio",
-        "training step / forward, fp32",
+        "training step / forward, fp32, PyTorch's kernels (default)",
+        "training step / forward, fp32, chosen kernels",
+        "authors' step / training step, fp32, default / chosen kernels",
         "pixels with the same class, bf16 vs fp32, random weights",
     ):
         assert f"| {target} |" in markdown

@@ -37,11 +37,13 @@ from cascadeclip.engine.trainer import (
     train,
 )
 from cascadeclip.factory import load_checkpoint
+from cascadeclip.inference import fast_path, kernel_choice
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.modeling.zero_shot import training_losses, transductive_targets
 from cascadeclip.utils import UserError
 
 from conftest import tiny_model_config
+from test_kernel_choice import faked_choice
 from tiny_datasets import make_voc_scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +176,35 @@ def test_accumulation_step_sums_losses_pairs_and_gradients_of_its_micro_batches(
     torch.testing.assert_close(sums, expected_sums, rtol=1e-6, atol=0)
     for p, grad in zip(params, expected_grads, strict=True):
         torch.testing.assert_close(p.grad if p.grad is not None else torch.zeros_like(p), grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.skipif(not fast_path.onednn_available(), reason="no alternative kernel to choose without oneDNN")
+def test_train_kernels_chosen_runs_the_step_on_the_kernels_chosen_for_this_machine(tmp_path, monkeypatch):
+    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds=-0.5)  # oneDNN measured faster
+    monkeypatch.setattr(kernel_choice, "_process_choice", choice)
+    text, scaler = None, torch.amp.GradScaler("cpu", enabled=False)
+    steps = {}
+    for kernels in ("pytorch", "chosen"):
+        cfg = tiny_config(tmp_path, dropout=False, batch_size=2, kernels=kernels)
+        text = torch.from_numpy(np.load(cfg.classes.text_embeddings).astype(np.float32))
+        stream = TrainingStream(list_samples("voc", cfg.data.root, "train"), load_dataset("voc"), cfg.train)
+        batch = tuple(map(torch.stack, zip(*[stream[i] for i in range(2)], strict=True)))
+        torch.manual_seed(0)
+        model = CascadeCLIP(cfg.model).train()
+        sums = accumulation_step(model, iter([batch]), text, cfg, scaler, torch.device("cpu"))
+        steps[kernels] = sums, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert bool(calls) == (kernels == "chosen")  # the linear layers' products went to oneDNN only when asked
+    (sums, grads), (expected_sums, expected_grads) = steps["chosen"], steps["pytorch"]
+    # Another kernel's float rounding: sums of up to a few hundred products (1e-5).
+    torch.testing.assert_close(sums, expected_sums, rtol=1e-5, atol=0)
+    # Some gradients are zero in exact arithmetic (a key bias before a softmax) and rounding noise: the absolute
+    # tolerance is relative to the model's largest gradient.
+    assert grads.keys() == expected_grads.keys()
+    largest = max(g.abs().max().item() for g in expected_grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(
+            grad, expected_grads[name], rtol=1e-4, atol=1e-6 * largest, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_checkpoint_and_log_iterations():

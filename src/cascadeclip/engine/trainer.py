@@ -35,6 +35,7 @@ from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
 from ..evaluation import evaluate
 from ..factory import check_architecture, create_model, load_checkpoint, save_model
+from ..inference.fast_path import chosen_kernels
 from ..inference.text_embeddings import class_embeddings, find_embedding_file, load_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.loss import pairs_per_process
@@ -283,10 +284,8 @@ def accumulation_step(
         labels = labels.to(device, non_blocking=True)
         sync = step == tcfg.accumulation_steps - 1 or not distributed
         no_sync = contextlib.nullcontext() if sync else trained.no_sync()
-        # PyTorch's own kernels, not the ones measured per machine at first use (inference.kernel_choice): a choice
-        # measured while another process loads the cores could differ between two runs, and a run's numbers must
-        # depend only on its configuration and seed.
-        with no_sync, _autocast(tcfg.precision, device):
+        kernels = chosen_kernels(device) if tcfg.kernels == "chosen" else contextlib.nullcontext()
+        with no_sync, _autocast(tcfg.precision, device), kernels:
             losses = training_losses(
                 trained,
                 images,
