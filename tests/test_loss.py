@@ -46,3 +46,10 @@ def test_loss_from_labels_equals_the_one_hot_definition(scale, block_classes, mo
     torch.testing.assert_close(losses["loss_focal"], focal, rtol=1e-5, atol=0)
     torch.testing.assert_close(losses["loss_dice"], dice, rtol=1e-5, atol=0)
     torch.testing.assert_close(gradient, logits.grad, rtol=1e-4, atol=1e-6 * logits.grad.abs().max().item())
+
+
+def test_softplus_from_the_sigmoid_is_within_its_stated_bound():
+    x = torch.linspace(-40, 40, 200_001)
+    exact = F.softplus(x.double())
+    # The stated 1.2e-7 absolute, plus the float32 rounding of the result itself (relative).
+    torch.testing.assert_close(loss._softplus(x, x.sigmoid()).double(), exact, atol=1.2e-7, rtol=1.2e-7)

@@ -63,7 +63,7 @@ class EveryLogitSums(torch.autograd.Function):
             x = logits[:, block]
             p = x.sigmoid()
             prob_sums[:, block] = p.sum(-1)
-            negatives += F.softplus(x).mul_(p.pow(gamma)).sum()
+            negatives += _softplus(x, p).mul_(p.pow(gamma)).sum()
         return negatives, prob_sums
 
     @staticmethod
@@ -75,9 +75,16 @@ class EveryLogitSums(torch.autograd.Function):
             x = logits[:, block]
             p = x.sigmoid()
             slope = p * (1 - p)
-            focal = F.softplus(x).mul_(gamma).mul_(1 - p).add_(p).mul_(p.pow(gamma)).mul_(grad_negatives)
+            focal = _softplus(x, p).mul_(gamma).mul_(1 - p).add_(p).mul_(p.pow(gamma)).mul_(grad_negatives)
             grad[:, block] = focal.addcmul_(slope, grad_prob_sums[:, block, None])
         return grad, None
+
+
+def _softplus(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """softplus(x) = max(x, 0) - log(sigmoid(|x|)) from x and p = sigmoid(x), sigmoid(|x|) being p or 1 - p: one
+    logarithm where F.softplus takes an exponential and a logarithm (twice as fast). sigmoid(|x|) lies in [0.5, 1],
+    so the result is within 1.2e-7 of softplus(x) absolutely (the float spacing near 1, doubled by the logarithm)."""
+    return torch.where(x > 0, p, 1 - p).log_().neg_().add_(x.clamp(min=0))
 
 
 def _class_blocks(logits: torch.Tensor) -> list[slice]:
