@@ -404,12 +404,13 @@ def _bilinear_taps(out_len: int, in_len: int, device: torch.device) -> tuple[tor
     return low, (low + 1).clamp(max=in_len - 1), (position - low).clamp(0, 1)
 
 
-def upsampled_strips(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 24):
+def upsampled_strips(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 26):
     """Yield (row0, row1, (C, row1-row0, W) strip) of `scores` (C, h, w) resized bilinearly to `size` = (H, W).
 
     The whole map at once (F.interpolate, align_corners=False) when the result is no larger than `scores` or
-    `max_elements`; otherwise strip by strip, so that a large photo with many classes never holds every
-    full-resolution score map at once. A strip blends its source rows, then resizes along the width only.
+    `max_elements` (256 MB in fp32: a 1080p photo with 30 classes); otherwise strip by strip, so that a large photo
+    with many classes never holds every full-resolution score map at once. A strip blends its source rows, then
+    resizes along the width only.
     """
     classes = scores.shape[0]
     if classes * size[0] * size[1] <= max(max_elements, scores.numel()):
