@@ -215,8 +215,9 @@ def write_results(args, rows, costs, image_size, load_before, seconds) -> None:
     lines += [
         "",
         "With new names the text tower runs in both ways, and the encoded image saves only the image encoder: the "
-        "ratio cannot fall below text tower / (text tower + image encoder). Against a full prediction whose names are "
-        "cached, new names on the encoded image cost "
+        "ratio cannot fall below (text tower) / (full prediction), here "
+        + ", ".join(f"{cost['text'] / cost['full_new']:.2f}x ({count} names)" for count, cost in costs.items())
+        + ". Against a full prediction whose names are cached, new names on the encoded image cost "
         + ", ".join(f"{cost['new'] / cost['full_cached']:.2f}x ({count} names)" for count, cost in costs.items())
         + ".",
     ]

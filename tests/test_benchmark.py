@@ -55,7 +55,7 @@ def test_quick_benchmark_writes_every_part_of_the_results(tmp_path):
         "bf16 speed-up / bf16-fp32 peak ratio",
         "training step / forward, fp32, PyTorch's kernels (default)",
         "training step / forward, fp32, chosen kernels",
-        "authors' step / training step, fp32, default / chosen kernels",
+        "reference-path step / training step, fp32, default / chosen kernels",
         "pixels with the same class, bf16 vs fp32, random weights",
     ):
         assert f"| {target} |" in markdown
