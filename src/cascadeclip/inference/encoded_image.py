@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modeling.cascade_clip import CascadeCLIP
-from .predict import average_windows, crop_windows, pad_to_patches, window_boxes
+from .predict import average_windows, crop_windows, image_windows
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 
@@ -57,14 +57,8 @@ def encode_image(
         mode, crop, stride, window_batch: as for `predict_scores`.
     """
     size = tuple(image.shape[-2:])
-    if mode == "whole":
-        image = pad_to_patches(image, model.cfg.image_encoder.patch_size)
-        chunks = [[(0, 0, *image.shape[-2:])]]
-    elif mode == "slide":
-        boxes = window_boxes(*size, crop, stride)
-        chunks = [boxes[i : i + window_batch] for i in range(0, len(boxes), window_batch)]
-    else:
-        raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+    image, boxes = image_windows(image, mode, model.cfg.image_encoder.patch_size, crop, stride)
+    chunks = [boxes[i : i + window_batch] for i in range(0, len(boxes), window_batch)]
     windows = [EncodedWindows(chunk, *model.encode(crop_windows(image, chunk))) for chunk in chunks]
     return EncodedImage(size, tuple(image.shape[-2:]), windows)
 

@@ -94,6 +94,19 @@ def average_windows(
     return average.result()
 
 
+def image_windows(
+    image: torch.Tensor, mode: str, patch: int, crop: int, stride: int
+) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """The image and the boxes of its windows, as `predict_scores` runs them: in slide mode the image and its sliding
+    windows; in whole mode the image padded to whole patches (`pad_to_patches`) and one box over all of it."""
+    if mode == "whole":
+        image = pad_to_patches(image, patch)
+        return image, [(0, 0, *image.shape[-2:])]
+    if mode == "slide":
+        return image, window_boxes(*image.shape[-2:], crop, stride)
+    raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+
+
 def pad_to_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, 3, H, W) normalised images padded right and bottom with 0 (the mean colour) to multiples of `patch`."""
     height, width = images.shape[-2:]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modeling.cascade_clip import CascadeCLIP
-from .predict import WindowAverage, class_scores, pad_to_patches, window_boxes
+from .predict import WindowAverage, class_scores, image_windows
 
 
 @dataclass
@@ -69,13 +69,7 @@ def stream_scores(
     for key, tensor in images:
         tensor = tensor.to(device)
         size = tuple(tensor.shape[-2:])
-        if mode == "whole":
-            tensor = pad_to_patches(tensor, model.cfg.image_encoder.patch_size)
-            boxes = [(0, 0, *tensor.shape[-2:])]
-        elif mode == "slide":
-            boxes = window_boxes(*size, crop, stride)
-        else:
-            raise ValueError(f"unknown inference mode {mode!r}; use 'slide' or 'whole'")
+        tensor, boxes = image_windows(tensor, mode, model.cfg.image_encoder.patch_size, crop, stride)
         image = _Image(key, size, WindowAverage(tensor.shape[-2:]), len(boxes))
         in_flight.append(image)
         for box in boxes:
