@@ -268,8 +268,7 @@ class Segmenter:
             background: if given, pixels where no name's probability reaches it are labelled 255 (background).
         """
         image, names = self._image_and_names(image, candidate_labels)
-        if background is not None and not 0 < background < 1:
-            raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+        check_background(background)
         if image is not None:
             rgb = load_image(image)
             items = [(None, self.preprocess(rgb), (rgb.height, rgb.width))]
@@ -297,8 +296,7 @@ class Segmenter:
             candidate_labels, background, scores, scores_dtype: as for `predict`.
         """
         names = check_class_names(candidate_labels)
-        if background is not None and not 0 < background < 1:
-            raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+        check_background(background)
         text = self.class_embeddings(names).to(self.device)
         waiting: dict[int, tuple[object, tuple[int, int]]] = {}  # key and prediction size of the images in flight
 
@@ -368,6 +366,12 @@ class Segmenter:
         working = short_side_size(image.height, image.width, self.short_side)
         check_working_size(working, (image.height, image.width), self.short_side)
         return test_image_tensor(image, self.short_side)
+
+
+def check_background(background: float | None) -> None:
+    """UserError unless `background` is None (no background) or a probability strictly between 0 and 1."""
+    if background is not None and not 0 < background < 1:
+        raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
 
 
 def check_working_size(working: tuple[int, int], size: tuple[int, int], short_side: int) -> None:
