@@ -53,9 +53,9 @@ def test_quick_benchmark_writes_every_part_of_the_results(tmp_path):
         "same in bf16",
         "reference / fast path, fp32",
         "bf16 speed-up / bf16-fp32 peak ratio",
-        "training step / forward, fp32, PyTorch's kernels (default)",
-        "training step / forward, fp32, chosen kernels",
-        "reference-path step / training step, fp32, default / chosen kernels",
+        "training step / forward, fp32, chosen kernels (default)",
+        "training step / forward, fp32, PyTorch's kernels",
+        "reference-path step / training step, fp32, chosen (default) / PyTorch's kernels",
         "pixels with the same class, bf16 vs fp32, random weights",
     ):
         assert f"| {target} |" in markdown

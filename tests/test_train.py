@@ -312,12 +312,13 @@ def _run_cli(args: list[str], env_extra: dict | None = None, **popen) -> subproc
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path):
-    cfg = tiny_config(tmp_path, iters=12, checkpoint_interval=3)
+    cfg = tiny_config(tmp_path, iters=12, checkpoint_interval=3)  # train.kernels: chosen, the default
     save_yaml(cfg, tmp_path / "tiny.yaml")
-    straight = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "straight")])
+    cache = {"CASCADECLIP_CACHE": str(tmp_path / "cache")}  # the machine's kernel choices, shared by the three runs
+    straight = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "straight")], cache)
     assert straight.wait(timeout=300) == 0
 
-    victim = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed")])
+    victim = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed")], cache)
     state = tmp_path / "killed" / "iter_6.state.pt"
     deadline = time.time() + 300
     while not state.exists() and victim.poll() is None and time.time() < deadline:
@@ -325,8 +326,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     victim.send_signal(signal.SIGKILL)  # at an arbitrary point after the second checkpoint
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed"), "--resume"])
+    # Resumed where the machine's choices are gone: the run takes the ones it recorded.
+    (machine_file,) = (tmp_path / "cache" / "kernel_choices").glob("*.json")
+    machine_file.unlink()
+    resumed = _run_cli(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "killed"), "--resume"], cache)
     assert resumed.wait(timeout=300) == 0
+    record = json.loads((tmp_path / "straight" / "kernel_choices.json").read_text())["choices"]
+    assert record and json.loads((tmp_path / "killed" / "kernel_choices.json").read_text())["choices"] == record
     a, b = weights(tmp_path / "straight" / "iter_12.safetensors"), weights(tmp_path / "killed" / "iter_12.safetensors")
     assert a.keys() == b.keys()
     for key in a:
@@ -349,9 +355,12 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     # Dropout off: with it, the two runs would draw different masks. The loss normaliser is the whole step's, so
     # the only difference is the order of floating-point sums: 1e-5 relative on weights after 3 AdamW steps.
-    big = train(tiny_config(tmp_path, dropout=False, iters=3, batch_size=4), tmp_path / "big", progress=False)
+    # PyTorch's kernels in both: the chosen ones are measured per batch size, so the two runs could differ in kernel.
+    big = train(
+        tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, kernels="pytorch"), tmp_path / "big", progress=False
+    )
     small = train(
-        tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, accumulation_steps=2),
+        tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, accumulation_steps=2, kernels="pytorch"),
         tmp_path / "acc",
         progress=False,
     )
@@ -360,8 +369,8 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
 
 @pytest.mark.distributed
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
-    # Same tolerance and reason as gradient accumulation; gloo's all-reduce changes the summation order only.
-    cfg = tiny_config(tmp_path, dropout=False, iters=3, batch_size=4)
+    # Same tolerance and reasons as gradient accumulation; gloo's all-reduce changes the summation order only.
+    cfg = tiny_config(tmp_path, dropout=False, iters=3, batch_size=4, kernels="pytorch")
     save_yaml(cfg, tmp_path / "tiny.yaml")
     single = train(cfg, tmp_path / "single", progress=False)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}

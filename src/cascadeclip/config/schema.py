@@ -452,11 +452,11 @@ class TrainConfig:
     accumulation_steps: int = checked(1, POSITIVE)
     # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler)
     precision: str = checked("fp32", one_of("fp32", "bf16", "fp16"))
-    # "pytorch": PyTorch's own kernels, so that a run's numbers depend only on its configuration and seed.
     # "chosen": on the CPU, linear layers on the faster kernel of this machine, measured at first use and kept in the
-    # cache folder (inference.kernel_choice): faster where the choice differs (oneDNN on AMD CPUs), but a run can
-    # differ from another in float rounding if their choices were measured apart. Elsewhere PyTorch's kernels.
-    kernels: str = checked("pytorch", one_of("pytorch", "chosen"))
+    # cache folder (inference.kernel_choice); the run records the choices it used in its folder and keeps them when
+    # resumed. Elsewhere PyTorch's kernels. "pytorch": PyTorch's own kernels everywhere, so that runs on machines of
+    # one kind agree without sharing a record (up to 1.3x slower on AMD CPUs, where oneDNN wins; benchmarks/NOTES.md).
+    kernels: str = checked("chosen", one_of("chosen", "pytorch"))
     lr: float = checked(2e-4, greater_than(0))
     weight_decay: float = checked(0.01, at_least(0))
     betas: tuple[float, float] = checked((0.9, 0.999), each(between(0.0, 1.0, high_included=False)))

@@ -6,6 +6,7 @@
     <run>/log.jsonl                   one JSON record per logged iteration
     <run>/curves.png                  loss and learning-rate curves, redrawn at every checkpoint
     <run>/status.json                 {"finished": bool, "iteration": t}
+    <run>/kernel_choices.json         the kernels the run's steps ran on (train.kernels: chosen), kept on resume
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written checkpoint. The state
 file holds only tensors and plain values and is read with `torch.load(weights_only=True)`: no code is unpickled.
@@ -45,6 +46,7 @@ class RunDirectory:
         self.log = self.path / "log.jsonl"
         self.curves = self.path / "curves.png"
         self.status_file = self.path / "status.json"
+        self.kernel_choices = self.path / "kernel_choices.json"
         self.manifest = Manifest(self.path)
 
     def model_path(self, iteration: int) -> Path:
@@ -91,7 +93,7 @@ class RunDirectory:
             )
         if resume:
             self.check_resumable()
-        files = [self.config, self.log, self.curves, self.status_file]
+        files = [self.config, self.log, self.curves, self.status_file, self.kernel_choices]
         checkpoints = [p for t in planned for p in (self.model_path(t), self.state_path(t))]
         self.manifest.refuse_foreign(files + checkpoints, "--run-dir")
         if force and not resume:
@@ -142,7 +144,7 @@ class RunDirectory:
         status = self.status()
         if set(status) != {"iteration", "finished"}:
             return
-        names = (self.config, self.log, self.curves, self.status_file)
+        names = (self.config, self.log, self.curves, self.status_file, self.kernel_choices)
         self.manifest.adopt([p for p in self.path.iterdir() if p in names or p.name.startswith("iter_")])
 
     def clear(self) -> None:

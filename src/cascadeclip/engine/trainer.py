@@ -36,6 +36,7 @@ from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample,
 from ..evaluation import evaluate
 from ..factory import check_architecture, create_model, load_checkpoint, save_model
 from ..inference.fast_path import chosen_kernels
+from ..inference.kernel_choice import KernelChoice, run_choice
 from ..inference.text_embeddings import class_embeddings, find_embedding_file, load_embedding_file
 from ..modeling.cascade_clip import CascadeCLIP
 from ..modeling.loss import pairs_per_process
@@ -256,6 +257,7 @@ def accumulation_step(
     cfg: Config,
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    choice: KernelChoice | None = None,
 ) -> torch.Tensor:
     """Forward, loss and backward of one optimiser step's `train.accumulation_steps` micro-batches.
 
@@ -267,6 +269,7 @@ def accumulation_step(
         trained: the model, or its DDP wrapper under torchrun.
         batches: (images (B, 3, S, S), labels (B, S, S)) per micro-batch; `train.accumulation_steps` are taken.
         text: (C_all, D) embeddings of all classes, on `device`.
+        choice: the kernel choices of `train.kernels: chosen` (None: the process's).
     Returns:
         (3,) this process's sums over its micro-batches: focal term, dice term (both with normaliser 1), and
         (image, present class) pairs.
@@ -284,7 +287,7 @@ def accumulation_step(
         labels = labels.to(device, non_blocking=True)
         sync = step == tcfg.accumulation_steps - 1 or not distributed
         no_sync = contextlib.nullcontext() if sync else trained.no_sync()
-        kernels = chosen_kernels(device) if tcfg.kernels == "chosen" else contextlib.nullcontext()
+        kernels = chosen_kernels(device, choice) if tcfg.kernels == "chosen" else contextlib.nullcontext()
         with no_sync, _autocast(tcfg.precision, device), kernels:
             losses = training_losses(
                 trained,
@@ -423,6 +426,9 @@ def train(
     # The last decoder layer's value path and FFN never receive gradients (as in the reference): DDP must know.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
     batches = iter(build_loader(cfg, start, per_device, dist_info))
+    # The main process records its choices in the run; under torchrun the others take the machine's, the same ones
+    # unless they were measured at the same moment.
+    choice = run_choice(run.kernel_choices) if tcfg.kernels == "chosen" and dist_info.is_main else None
 
     bar = tqdm(
         total=tcfg.iters, initial=start, desc="train", disable=not (progress and dist_info.is_main), dynamic_ncols=True
@@ -430,7 +436,7 @@ def train(
     last_checkpoint, last_loss, started = run.model_path(start), math.nan, time.time()
     for iteration in range(start, tcfg.iters):
         lr = set_learning_rate(optimizer, iteration, tcfg)
-        sums = all_reduce_sum(accumulation_step(trained, batches, text, cfg, scaler, dist_info.device))
+        sums = all_reduce_sum(accumulation_step(trained, batches, text, cfg, scaler, dist_info.device, choice))
         normaliser = optimiser_step(optimizer, scaler, params, sums[2], world_size)
         done = iteration + 1
         focal, dice = (sums[:2] / world_size / normaliser).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -30,6 +31,17 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's linear kernel runs `dtype` on this CPU: fp32 on all, bf16 only on CPUs with AVX-512 (on an
+    AVX2-only CPU it refuses to build the kernel)."""
+    return dtype == torch.float32 or _onednn_has_bf16()
+
+
+@functools.cache
+def _onednn_has_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _RoutedCPUKernels(TorchFunctionMode):
@@ -47,9 +59,10 @@ class _RoutedCPUKernels(TorchFunctionMode):
         if func is F.linear:
             named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
             x, weight, bias = named["input"], named["weight"], named.get("bias")
-            if x.dim() >= 2 and _plain_cpu(x, weight, bias):
+            routable = x.dim() >= 2 and _onednn_runs(x.dtype)
+            if routable and _plain_cpu(x, weight, bias):
                 return _linear_on_chosen_kernel(self.choice, x, weight, bias)
-            if x.dim() >= 2 and _plain_cpu(x, weight, bias, autograd=True):  # a training step
+            if routable and _plain_cpu(x, weight, bias, autograd=True):  # a training step
                 return _LinearOnChosenKernels.apply(x, weight, bias, self.choice)
             return func(*args, **kwargs)
         alternative = _alternative(func, args, kwargs)
@@ -77,7 +90,7 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     """
     if func in _MATMULS and len(args) == 2 and not kwargs:
         x, matrix = args
-        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix):
+        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix) and _onednn_runs(x.dtype):
             kind = _kind("matmul", x, rows=x.numel() // x.shape[-1], shape=f"{matrix.shape[0]}->{matrix.shape[1]}")
             return kind, "onednn", lambda: _onednn_linear(x, matrix.T, None)
         return None

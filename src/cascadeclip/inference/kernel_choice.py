@@ -10,6 +10,8 @@ more than `MARGIN`, so a choice is never slower than plain PyTorch beyond the no
 Choices are kept per machine (CPU model, instruction sets, PyTorch version) in a JSON file of the cache folder
 (`utils.cache_dir()/kernel_choices/`), written atomically after each new choice; a file that cannot be read or
 belongs to another machine is ignored and replaced, and a folder that cannot be written only costs a warning.
+A training run also records the choices it was given in its own folder (`run_choice`): resumed, it keeps them, even
+where the machine's file has gone or another machine measured otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..profiling.machine import cpu_model_and_flags
-from ..utils import atomic_write, cache_dir
+from ..utils import UserError, atomic_write, cache_dir
 
 PYTORCH = "pytorch"  # the name of PyTorch's own kernel among the candidates
 MARGIN = 0.05  # another kernel must be this much faster (a fraction of PyTorch's time) to be chosen
@@ -45,14 +47,20 @@ def size_class(n: int) -> int:
 
 class KernelChoice:
     """The kernel choices of this machine: measured when first needed, kept in memory and in a file of `folder`
-    (None: in memory only). `timer` is the clock the candidates are timed with (tests pass a fake one)."""
+    (None: in memory only). `timer` is the clock the candidates are timed with (tests pass a fake one).
 
-    def __init__(self, folder: Path | None, timer: Callable[[], float] = time.perf_counter):
+    `record` (optional): a file of the choices this object has given. Its choices, read first, hold over the
+    machine's; each kind given for the first time is added to it.
+    """
+
+    def __init__(self, folder: Path | None, timer: Callable[[], float] = time.perf_counter, record: Path | None = None):
         self.machine = machine_key()
         fingerprint = hashlib.sha256(json.dumps(self.machine, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(folder) / f"{fingerprint}.json" if folder is not None else None
         self.timer = timer
         self._choices: dict[str, str] | None = None  # read from `path` when first needed
+        self.record = Path(record) if record is not None else None
+        self._given = _read_choices(self.record) if self.record is not None else {}
 
     def choose(self, kind: str, candidates: dict[str, Callable[[], object]]) -> str:
         """The name of the candidate to run for operations of `kind`; measured now if `kind` is new.
@@ -61,11 +69,23 @@ class KernelChoice:
             kind: the operation, dtype, threads and shape class, e.g. "linear float32 threads=2 rows=2048 768->3072".
             candidates: name -> a call of that kernel on the operation's inputs; must include `PYTORCH`.
         """
+        if kind in self._given:
+            return self._given[kind]
         choices = self._load()
         if kind not in choices:
             choices[kind] = self._measure(candidates)
-            self._save()
+            self.path = _saved(self.path, self.machine, choices)
+        if self.record is not None:
+            self._given[kind] = choices[kind]
+            self.record = _saved(self.record, self.machine, self._given)
         return choices[kind]
+
+    def recorded_in(self, record: Path) -> KernelChoice:
+        """These choices (shared: what either measures, both know) given through a file `record`, which keeps the
+        ones given and, read first, holds over the machine's."""
+        view = KernelChoice(None, self.timer, record)
+        view.machine, view.path, view._choices = self.machine, self.path, self._load()
+        return view
 
     def _measure(self, candidates: dict[str, Callable[[], object]]) -> str:
         for run in candidates.values():  # untimed: first-call costs (memory, packed weights, code paths)
@@ -86,25 +106,30 @@ class KernelChoice:
                 self._choices = _read_choices(self.path, self.machine)
         return self._choices
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        text = json.dumps({"machine": self.machine, "choices": self._choices}, indent=1, sort_keys=True)
-        try:
-            atomic_write(self.path, lambda tmp: tmp.write_text(text))
-        except OSError as err:
-            warnings.warn(f"kernel choices not saved to {self.path} ({err}); they will be measured again", stacklevel=3)
-            self.path = None
+
+def _saved(path: Path | None, machine: dict, choices: dict[str, str]) -> Path | None:
+    """Write `choices` (made on `machine`) to `path`; returns `path`, or None (no more writing) after a warning
+    where it cannot be written."""
+    if path is None:
+        return None
+    text = json.dumps({"machine": machine, "choices": choices}, indent=1, sort_keys=True)
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+    except (OSError, UserError) as err:  # a full disk or a folder not ours is not worth stopping for
+        warnings.warn(f"kernel choices not saved to {path} ({err}); going on without that file", stacklevel=4)
+        return None
+    return path
 
 
-def _read_choices(path: Path, machine: dict) -> dict[str, str]:
-    """The choices saved in `path` for `machine`; empty if the file is missing, unreadable, malformed or not this
-    machine's."""
+def _read_choices(path: Path, machine: dict | None = None) -> dict[str, str]:
+    """The choices saved in `path` (for `machine`, if given); empty if the file is missing, unreadable, malformed or
+    another machine's."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    choices = saved.get("choices") if isinstance(saved, dict) and saved.get("machine") == machine else None
+    mine = isinstance(saved, dict) and (machine is None or saved.get("machine") == machine)
+    choices = saved.get("choices") if mine else None
     if not isinstance(choices, dict) or not all(isinstance(v, str) for v in choices.values()):
         return {}
     return choices
@@ -119,3 +144,9 @@ def process_choice() -> KernelChoice:
     if _process_choice is None:
         _process_choice = KernelChoice(cache_dir() / "kernel_choices")
     return _process_choice
+
+
+def run_choice(record: Path) -> KernelChoice:
+    """The process's kernel choices for a training run, which records the ones it is given in `record`, in its
+    folder, and keeps them when resumed."""
+    return process_choice().recorded_in(record)
