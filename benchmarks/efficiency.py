@@ -51,7 +51,13 @@ from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples, read_image
 from cascadeclip.data.transforms import test_image_tensor
 from cascadeclip.factory import load_checkpoint, load_text_encoder
-from cascadeclip.inference.fast_path import chosen_kernels, fast_inference, keep_freed_memory
+from cascadeclip.inference.fast_path import (
+    chosen_kernels,
+    fast_inference,
+    keep_freed_memory,
+    onednn_linear,
+    onednn_runs,
+)
 from cascadeclip.inference.kernel_choice import KernelChoice
 from cascadeclip.inference.onnx_export import (
     export_onnx,
@@ -143,16 +149,17 @@ def interleaved_timings(calls: dict[str, tuple], repeats: int, warmup: int, choi
 
 
 def matmul_peaks(n: int, repeats: int) -> dict:
-    """GFLOP/s of an n x n x n product per dtype: PyTorch's own product and oneDNN's linear kernel (AMX for bf16 where
-    the CPU has it)."""
+    """GFLOP/s of an n x n x n product per dtype: PyTorch's own product and, where it runs that dtype on this CPU,
+    oneDNN's linear kernel (AMX for bf16 where the CPU has it)."""
     flops, peaks = 2 * n**3, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        onednn = lambda a=a, b=b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # noqa: E731
+        kernels = {"torch.mm": lambda a=a, b=b: a @ b}
+        if onednn_runs(dtype):
+            kernels["oneDNN linear"] = lambda a=a, b=b: onednn_linear(a, b, None)
         with torch.inference_mode():
             peaks[name] = {
-                "torch.mm": flops / time_calls(lambda a=a, b=b: a @ b, CPU, repeats, warmup=1).min / 1e9,
-                "oneDNN linear": flops / time_calls(onednn, CPU, repeats, warmup=1).min / 1e9,
+                kernel: flops / time_calls(call, CPU, repeats, warmup=1).min / 1e9 for kernel, call in kernels.items()
             }
     return peaks
 

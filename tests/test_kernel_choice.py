@@ -4,6 +4,10 @@ fake clock here: speed itself is measured by benchmarks/efficiency.py), and choi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,12 +53,12 @@ def strided_heads(batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
 def _linear_case(dtype):
     x, weight, bias = torch.randn(2, 9, 48)[:, 1:].to(dtype), torch.randn(24, 48).to(dtype), torch.randn(24).to(dtype)
     expected = lambda: F.linear(x.double(), weight.double(), bias.double())  # noqa: E731
-    return "_onednn_linear", "onednn", lambda: F.linear(x, weight, bias), expected
+    return "onednn_linear", "onednn", lambda: F.linear(x, weight, bias), expected
 
 
 def _matmul_case(dtype):
     x, matrix = torch.randn(2, 9, 48)[:, 1:].to(dtype), torch.randn(48, 24).to(dtype)
-    return "_onednn_linear", "onednn", lambda: x @ matrix, lambda: x.double() @ matrix.double()
+    return "onednn_linear", "onednn", lambda: x @ matrix, lambda: x.double() @ matrix.double()
 
 
 def _attention_case(dtype):
@@ -82,7 +86,7 @@ def test_each_alternative_kernel_equals_pytorch_and_is_taken_where_faster(case, 
     choice, calls = faked_choice(monkeypatch, kernel_name, extra_seconds=-0.5)
     with torch.inference_mode(), fast_path.fast_cpu_kernels(choice):
         routed = operation()
-    if kernel_name == "_onednn_linear" and not fast_path._onednn_runs(dtype):  # bf16 without AVX-512: not offered
+    if kernel_name == "onednn_linear" and not fast_path.onednn_runs(dtype):  # bf16 without AVX-512: not offered
         assert calls == [] and choice._choices in (None, {})
     else:
         assert list(choice._choices.values()) == [choice_name]
@@ -91,11 +95,39 @@ def test_each_alternative_kernel_equals_pytorch_and_is_taken_where_faster(case, 
     torch.testing.assert_close(routed.double(), expected(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
 
+# Run where oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA), as on a CPU without AVX-512, which has no bf16 linear kernel.
+WITHOUT_BF16_KERNELS = """
+import runpy, sys, torch
+import torch.nn.functional as F
+from cascadeclip.inference import fast_path
+from cascadeclip.inference.kernel_choice import KernelChoice
+assert not fast_path.onednn_runs(torch.bfloat16) and fast_path.onednn_runs(torch.float32)
+x, weight = torch.randn(16, 48, dtype=torch.bfloat16), torch.randn(24, 48, dtype=torch.bfloat16)
+choice = KernelChoice(None)
+with torch.inference_mode(), fast_path.fast_cpu_kernels(choice):
+    routed = F.linear(x, weight)
+assert not choice._choices, choice._choices  # bf16 linear layers are not offered to oneDNN
+torch.testing.assert_close(routed, F.linear(x, weight))  # PyTorch's own kernel: the same result
+peaks = runpy.run_path(sys.argv[1])["matmul_peaks"](64, 1)
+assert set(peaks["bf16"]) == {"torch.mm"} and set(peaks["fp32"]) == {"torch.mm", "oneDNN linear"}, peaks
+"""
+
+
+@pytest.mark.skipif(not fast_path.onednn_available(), reason="no alternative kernel to choose without oneDNN")
+def test_a_cpu_without_onednn_bf16_kernels_keeps_bf16_on_pytorchs_and_the_benchmark_runs():
+    benchmark = Path(__file__).parents[1] / "benchmarks" / "efficiency.py"
+    environment = os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BF16_KERNELS, str(benchmark)], env=environment, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 @pytest.mark.parametrize("extra_seconds", [1.0, -0.02], ids=["slower", "faster by less than the margin"])
 def test_pytorch_kernel_is_kept_unless_the_alternative_is_clearly_faster(extra_seconds, monkeypatch):
     torch.manual_seed(0)
     _, _, operation, expected = _linear_case(torch.float32)
-    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds)
+    choice, calls = faked_choice(monkeypatch, "onednn_linear", extra_seconds)
     with torch.inference_mode(), fast_path.fast_cpu_kernels(choice):
         first = operation()
         measured = len(calls)
@@ -107,7 +139,7 @@ def test_pytorch_kernel_is_kept_unless_the_alternative_is_clearly_faster(extra_s
 
 def test_linear_under_autograd_runs_its_products_on_the_chosen_kernels_and_has_pytorchs_gradients(monkeypatch):
     torch.manual_seed(0)
-    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds=-0.5)
+    choice, calls = faked_choice(monkeypatch, "onednn_linear", extra_seconds=-0.5)
     tokens, weight, bias = (torch.randn(*shape, requires_grad=True) for shape in ((2, 9, 48), (24, 48), (24,)))
     x, upstream = tokens[:, 1:], torch.randn(2, 8, 24)  # a strided view, as the encoder's slices are
     with fast_path.fast_cpu_kernels(choice):

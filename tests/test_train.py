@@ -180,7 +180,7 @@ def test_accumulation_step_sums_losses_pairs_and_gradients_of_its_micro_batches(
 
 @pytest.mark.skipif(not fast_path.onednn_available(), reason="no alternative kernel to choose without oneDNN")
 def test_train_kernels_chosen_runs_the_step_on_the_kernels_chosen_for_this_machine(tmp_path, monkeypatch):
-    choice, calls = faked_choice(monkeypatch, "_onednn_linear", extra_seconds=-0.5)  # oneDNN measured faster
+    choice, calls = faked_choice(monkeypatch, "onednn_linear", extra_seconds=-0.5)  # oneDNN measured faster
     monkeypatch.setattr(kernel_choice, "_process_choice", choice)
     text, scaler = None, torch.amp.GradScaler("cpu", enabled=False)
     steps = {}

@@ -33,7 +33,7 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _onednn_runs(dtype: torch.dtype) -> bool:
+def onednn_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's linear kernel runs `dtype` on this CPU: fp32 on all, bf16 only on CPUs with AVX-512 (on an
     AVX2-only CPU it refuses to build the kernel)."""
     return dtype == torch.float32 or _onednn_has_bf16()
@@ -59,7 +59,7 @@ class _RoutedCPUKernels(TorchFunctionMode):
         if func is F.linear:
             named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
             x, weight, bias = named["input"], named["weight"], named.get("bias")
-            routable = x.dim() >= 2 and _onednn_runs(x.dtype)
+            routable = x.dim() >= 2 and onednn_runs(x.dtype)
             if routable and _plain_cpu(x, weight, bias):
                 return _linear_on_chosen_kernel(self.choice, x, weight, bias)
             if routable and _plain_cpu(x, weight, bias, autograd=True):  # a training step
@@ -90,9 +90,9 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     """
     if func in _MATMULS and len(args) == 2 and not kwargs:
         x, matrix = args
-        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix) and _onednn_runs(x.dtype):
+        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix) and onednn_runs(x.dtype):
             kind = _kind("matmul", x, rows=x.numel() // x.shape[-1], shape=f"{matrix.shape[0]}->{matrix.shape[1]}")
-            return kind, "onednn", lambda: _onednn_linear(x, matrix.T, None)
+            return kind, "onednn", lambda: onednn_linear(x, matrix.T, None)
         return None
     if func not in _ARGUMENTS:
         return None
@@ -145,7 +145,7 @@ def _plain_cpu(*tensors: torch.Tensor | None, autograd: bool = False) -> bool:
 
 def _linear_on_chosen_kernel(choice: KernelChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """F.linear(x, weight, bias) on the kernel `choice` found faster for its kind: PyTorch's or oneDNN's."""
-    candidates = {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: _onednn_linear(x, weight, bias)}
+    candidates = {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: onednn_linear(x, weight, bias)}
     return candidates[choice.choose(_linear_kind(x, weight), candidates)]()
 
 
@@ -171,7 +171,7 @@ class _LinearOnChosenKernels(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias by oneDNN (AMX for bf16 where the CPU has it)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -189,8 +189,8 @@ def _attention_by_products(
         keys, values_t = k.contiguous(), v.transpose(-2, -1).contiguous()
         for b in range(q.shape[0]):
             for h in range(q.shape[1]):
-                logits = _onednn_linear(q[b, h] * scale, keys[b, h], None)
-                out[b, h] = _onednn_linear(logits.softmax(dim=-1), values_t[b, h], None)
+                logits = onednn_linear(q[b, h] * scale, keys[b, h], None)
+                out[b, h] = onednn_linear(logits.softmax(dim=-1), values_t[b, h], None)
         return out
     keys = k.transpose(-2, -1) * scale
     for start in range(0, q.shape[-2], query_block):
