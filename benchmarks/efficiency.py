@@ -575,9 +575,10 @@ def render(r: dict) -> str:
         f"default), {step_pytorch / forward2:.2f} on PyTorch's, bf16 autocast {step16 / forward2:.2f}. The reference "
         f"path (the authors' order of computation, with this project's loss) takes "
         f"{step_reference / step_default:.2f}x the trainer's default step and {step_reference / step_pytorch:.2f}x its "
-        "step on PyTorch's kernels; the authors' own code cannot run here (benchmarks/NOTES.md has it against the "
-        "reference path). The frozen encoder needs no weight gradients, so its backward is about one more forward, "
-        "attention's about 2.5 (PyTorch's fused attention backward); the loss at full resolution (every class at "
+        "step on PyTorch's kernels. The target is against the authors' own step, which this script cannot run (their "
+        "code needs mmcv 1.5): benchmarks/NOTES.md times it against the trainer's step, on both kinds of CPU. The "
+        "frozen encoder needs no weight gradients, so its backward is about one more forward, attention's about 2.5 "
+        "(PyTorch's fused attention backward); the loss at full resolution (every class at "
         "every pixel) adds passes over the logits.",
         "",
         "## Against the targets",
