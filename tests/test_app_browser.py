@@ -160,6 +160,27 @@ def test_a_file_that_is_not_an_image_gets_a_message(browser_page, tmp_path):
     browser_page.locator("#status", has_text="notes.jpg cannot be read as an image").wait_for()
 
 
+def test_names_typed_while_a_request_runs_are_segmented_after_it(browser_page, served, tmp_path, monkeypatch):
+    tab, (_, page) = browser_page, served
+    segment = page.segment
+
+    def slow_segment(*args, **kwargs):
+        time.sleep(2)  # long enough for the next names to arrive while this request runs
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(page, "segment", slow_segment)
+    photo = tmp_path / "chelsea.png"
+    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
+    tab.locator("#image input[type=file]").set_input_files(str(photo))
+    tab.locator("#status", has_text="Error").wait_for()  # the image is in; no names yet
+    segment_names(tab, "cat, first")
+    segment_names(tab, "cat, second")  # while the first request runs
+    tab.wait_for_function(
+        "[...document.querySelectorAll('#classes td.name')].some(e => e.innerText == 'second')", timeout=30_000
+    )
+    assert sorted(table_names(tab)) == ["cat", "second"]
+
+
 def test_a_visitor_keeps_only_their_latest_files_and_takes_them_along_when_leaving(served, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -244,7 +244,9 @@ def build_app(page: SegmentationPage):
         # as an object; this module's annotations are strings (gradio is imported in this function only).
         run.__annotations__ = leave.__annotations__ = {"request": gr.Request}
         inputs, outputs = [image, names, threshold, mode], [status, overlay, table, labels, summary]
+        # "always_last": a request made while another is running runs after it, with the latest inputs (Gradio's
+        # default for a submit or click ignores it, so names typed meanwhile would be lost).
         for event in (image.change, names.submit, button.click, threshold.release, mode.change):
-            event(run, inputs, outputs)
+            event(run, inputs, outputs, trigger_mode="always_last")
         app.unload(leave)
     return app
