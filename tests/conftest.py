@@ -4,6 +4,7 @@ repository."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never fetch from a hub in tests
@@ -15,6 +16,11 @@ from cascadeclip.config import HeadConfig, ImageEncoderConfig, ModelConfig, Text
 from cascadeclip.inference import kernel_choice
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Nothing a test runs (in this process or a command it starts) writes to the user's cache folder: the session has its
+# own, removed at exit; tests that need a folder of their own still set one.
+_SESSION_CACHE = tempfile.TemporaryDirectory(prefix="cascadeclip-test-cache-")
+os.environ["CASCADECLIP_CACHE"] = _SESSION_CACHE.name
 
 # Kernel choices of the test session: measured as needed, kept in memory, never written to the user's cache folder.
 _SESSION_KERNEL_CHOICE = kernel_choice.KernelChoice(None)
