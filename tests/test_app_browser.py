@@ -92,6 +92,14 @@ def browser_page(served):
             browser.close()
 
 
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A photo file to drop on the page: scikit-image's "chelsea.png" (a cat), copied into the test's folder."""
+    path = tmp_path / "chelsea.png"
+    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", path)
+    return path
+
+
 def table_names(tab) -> list[str]:
     return tab.locator("#classes td.name").all_inner_texts()
 
@@ -115,11 +123,9 @@ def overlay_picture(tab) -> Image.Image:
     return Image.open(io.BytesIO(fetch(tab, "#overlay img", "src")))
 
 
-def test_drop_an_image_type_names_and_change_them(browser_page, served, tmp_path):
+def test_drop_an_image_type_names_and_change_them(browser_page, served, photo):
     tab, (_, page) = browser_page, served
     encoder_calls = count_calls(page.segmenter.model.backbone)
-    photo = tmp_path / "chelsea.png"
-    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
     tab.locator("#image input[type=file]").set_input_files(str(photo))
     segment_names(tab, "cat, rug, wall")
     tab.wait_for_function("document.querySelectorAll('#classes td.name').length == 3")
@@ -160,7 +166,7 @@ def test_a_file_that_is_not_an_image_gets_a_message(browser_page, tmp_path):
     browser_page.locator("#status", has_text="notes.jpg cannot be read as an image").wait_for()
 
 
-def test_names_typed_while_a_request_runs_are_segmented_after_it(browser_page, served, tmp_path, monkeypatch):
+def test_names_typed_while_a_request_runs_are_segmented_after_it(browser_page, served, photo, monkeypatch):
     tab, (_, page) = browser_page, served
     segment = page.segment
 
@@ -169,8 +175,6 @@ def test_names_typed_while_a_request_runs_are_segmented_after_it(browser_page, s
         return segment(*args, **kwargs)
 
     monkeypatch.setattr(page, "segment", slow_segment)
-    photo = tmp_path / "chelsea.png"
-    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
     tab.locator("#image input[type=file]").set_input_files(str(photo))
     tab.locator("#status", has_text="Error").wait_for()  # the image is in; no names yet
     segment_names(tab, "cat, first")
@@ -181,12 +185,10 @@ def test_names_typed_while_a_request_runs_are_segmented_after_it(browser_page, s
     assert sorted(table_names(tab)) == ["cat", "second"]
 
 
-def test_a_visitor_keeps_only_their_latest_files_and_takes_them_along_when_leaving(served, tmp_path):
+def test_a_visitor_keeps_only_their_latest_files_and_takes_them_along_when_leaving(served, photo):
     from playwright.sync_api import sync_playwright
 
     address, page = served
-    photo = tmp_path / "chelsea.png"
-    shutil.copy(Path(skimage.data.__file__).parent / "chelsea.png", photo)
     before = {p for p in page.out.glob("request-*")}  # other tests' visitors may still be leaving
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
