@@ -158,6 +158,24 @@ def test_linear_under_autograd_runs_its_products_on_the_chosen_kernels_and_has_p
         torch.testing.assert_close(gradient, t.grad, atol=1e-5, rtol=1e-5)  # float rounding of sums of 48 terms
 
 
+@pytest.mark.parametrize("input_needs_gradient", [True, False], ids=["input's gradient", "weight's only"])
+def test_linear_under_autograd_where_pytorchs_kernels_are_chosen_is_pytorchs_own(input_needs_gradient, monkeypatch):
+    choice, calls = faked_choice(monkeypatch, "onednn_linear", extra_seconds=1.0)
+    x = torch.randn(2, 8, 48, requires_grad=input_needs_gradient)
+    weight = torch.randn(24, 48, requires_grad=True)
+    with fast_path.fast_cpu_kernels(choice):
+        out = F.linear(x, weight)
+    threads = torch.get_num_threads()
+    measured = [f"linear float32 threads={threads} rows=16 48->24"]  # the output
+    if input_needs_gradient:  # and the input's gradient, on a random one, before the backward needs it
+        measured.insert(0, f"linear float32 threads={threads} rows=16 24->48 transposed")
+    assert sorted(choice._choices) == measured and set(choice._choices.values()) == {PYTORCH}
+    assert len(calls) == len(measured) * (1 + ROUNDS)  # oneDNN ran only to be measured
+    assert "LinearOnChosenKernels" not in type(out.grad_fn).__name__  # PyTorch's own backward
+    out.sum().backward()
+    assert weight.grad is not None and len(calls) == len(measured) * (1 + ROUNDS)
+
+
 def test_attention_under_autograd_and_masked_attention_stay_with_pytorch(monkeypatch):
     choice, calls = faked_choice(monkeypatch, "_attention_by_products", extra_seconds=-0.5)
     q = strided_heads(2, 30, torch.float32).requires_grad_()
@@ -174,15 +192,19 @@ def test_choices_are_kept_on_disk_per_machine(tmp_path, monkeypatch):
 
     clock = FakeClock()
     first = KernelChoice(tmp_path, timer=clock)
-    assert first.choose("kind A", {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)})
-    assert first.choose("kind B", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert first.choose(
+        "kind A", lambda: {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
+    )
+    assert first.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
     assert json.loads(first.path.read_text())["choices"] == {"kind A": "other", "kind B": PYTORCH}
     again = KernelChoice(tmp_path)  # a later process on the same machine
-    assert again.choose("kind A", {PYTORCH: forbidden, "other": forbidden}) == "other"
+    assert again.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
 
     monkeypatch.setattr(kernel_choice, "cpu_model_and_flags", lambda: ("Another CPU", frozenset({"amx_bf16"})))
     elsewhere = KernelChoice(tmp_path, timer=FakeClock())
-    assert elsewhere.path != first.path and elsewhere.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None})
+    assert elsewhere.path != first.path and elsewhere.choose(
+        "kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}
+    )
     assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*"))  # no temporary files left
 
 
@@ -193,18 +215,23 @@ def test_a_run_keeps_the_choices_it_recorded_over_the_machines(tmp_path):
     clock = FakeClock()
     machine = KernelChoice(tmp_path / "machine", timer=clock)
     run = machine.recorded_in(tmp_path / "run" / "kernel_choices.json")
-    faster_other = {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
+
+    def faster_other():
+        return {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
+
     assert run.choose("kind A", faster_other) == "other"  # measured once, known to both
-    assert machine.choose("kind A", {PYTORCH: forbidden, "other": forbidden}) == "other"
-    assert machine.choose("kind B", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert machine.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
+    assert machine.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
     assert json.loads(run.record.read_text())["choices"] == {"kind A": "other"}  # only what the run was given
 
     # The machine's file is remeasured (say, after an update) and now says otherwise; the resumed run keeps its own.
     remeasured = {"kind A": PYTORCH, "kind B": PYTORCH}
     machine.path.write_text(json.dumps({"machine": machine.machine, "choices": remeasured}))
     resumed = KernelChoice(tmp_path / "machine").recorded_in(run.record)
-    assert resumed.choose("kind A", {PYTORCH: forbidden, "other": forbidden}) == "other"
-    assert resumed.choose("kind B", {PYTORCH: forbidden, "other": forbidden}) == PYTORCH  # from the machine's file
+    assert resumed.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
+    assert (
+        resumed.choose("kind B", lambda: {PYTORCH: forbidden, "other": forbidden}) == PYTORCH
+    )  # from the machine's file
     assert json.loads(run.record.read_text())["choices"] == {"kind A": "other", "kind B": PYTORCH}
 
 
@@ -216,7 +243,7 @@ def test_a_run_keeps_the_choices_it_recorded_over_the_machines(tmp_path):
 def test_a_choices_file_that_cannot_be_used_is_ignored_and_replaced(content, tmp_path):
     choice = KernelChoice(tmp_path, timer=FakeClock())  # equal times: PyTorch's kernel
     choice.path.write_text(content.replace('"another"', json.dumps({"cpu": "x"})))
-    assert choice.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # measured afresh
+    assert choice.choose("kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # measured afresh
     assert json.loads(choice.path.read_text())["choices"] == {"kind A": PYTORCH}
 
 
@@ -224,5 +251,5 @@ def test_a_folder_that_cannot_be_written_costs_a_warning(tmp_path):
     (tmp_path / "file").write_text("")
     choice = KernelChoice(tmp_path / "file" / "choices", timer=FakeClock())  # no folder can be made inside a file
     with pytest.warns(UserWarning, match="kernel choices not saved"):
-        assert choice.choose("kind A", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
-    assert choice.choose("kind B", {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # warned once
+        assert choice.choose("kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert choice.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # warned once

@@ -46,9 +46,13 @@ def _onednn_has_bf16() -> bool:
 
 class _RoutedCPUKernels(TorchFunctionMode):
     """On CPU tensors, each operation that has an alternative kernel runs on the kernel `choice` found faster for its
-    kind, PyTorch's own or the alternative: linear layers with or without autograd (`_LinearOnChosenKernels`), and
-    without autograd products with a matrix, attention and bilinear resizing (`_alternative`). Every other call is
-    left unchanged."""
+    kind, PyTorch's own or the alternative: linear layers with or without autograd (`_routed_linear`), and without
+    autograd products with a matrix, attention and bilinear resizing (`_alternative`). Every other call is left
+    unchanged.
+
+    Every torch call made in the context passes through here, in Python, so the common case costs a few checks only:
+    the kind of an operation is formatted once per shape (`_linear_kind`), candidates are built only to be measured.
+    """
 
     def __init__(self, choice: KernelChoice):
         super().__init__()
@@ -57,22 +61,16 @@ class _RoutedCPUKernels(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            named = dict(zip(_ARGUMENTS[func], args, strict=False)) | kwargs
-            x, weight, bias = named["input"], named["weight"], named.get("bias")
-            routable = x.dim() >= 2 and onednn_runs(x.dtype)
-            if routable and _plain_cpu(x, weight, bias):
-                return _linear_on_chosen_kernel(self.choice, x, weight, bias)
-            if routable and _plain_cpu(x, weight, bias, autograd=True):  # a training step
-                return _LinearOnChosenKernels.apply(x, weight, bias, self.choice)
-            return func(*args, **kwargs)
+            return _routed_linear(self.choice, args, kwargs)
         alternative = _alternative(func, args, kwargs)
         if alternative is not None:
             kind, name, run = alternative
-            candidates = {PYTORCH: lambda: func(*args, **kwargs), name: run}
-            return candidates[self.choice.choose(kind, candidates)]()
+            if self.choice.choose(kind, lambda: {PYTORCH: lambda: func(*args, **kwargs), name: run}) == name:
+                return run()
         return func(*args, **kwargs)
 
 
+INFERENCE, AUTOGRAD = "inference", "autograd"  # how a call's tensors are used (`_plain_cpu_use`)
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)  # `x @ W` arrives as Tensor.matmul
 _ARGUMENTS = {  # positional parameters of the routed functions
     F.linear: ("input", "weight", "bias"),
@@ -81,8 +79,26 @@ _ARGUMENTS = {  # positional parameters of the routed functions
 }
 
 
+def _routed_linear(choice: KernelChoice, args: tuple, kwargs: dict) -> torch.Tensor:
+    """F.linear(*args, **kwargs) with its products on the chosen kernels: without autograd the output's, under
+    autograd (a training step) the output's and the input gradient's (`_LinearOnChosenKernels`), unless PyTorch's
+    kernel is chosen for both: then PyTorch's F.linear with its own backward, faster than the same kernels called from
+    Python (benchmarks/NOTES.md)."""
+    if len(args) in (2, 3) and not kwargs:  # as nn.Linear calls it
+        x, weight, bias = args[0], args[1], args[2] if len(args) == 3 else None
+    else:
+        named = dict(zip(_ARGUMENTS[F.linear], args, strict=False)) | kwargs
+        x, weight, bias = named["input"], named["weight"], named.get("bias")
+    use = _plain_cpu_use(x, weight, bias) if x.dim() >= 2 and onednn_runs(x.dtype) else None
+    if use == INFERENCE:
+        return _linear_on_chosen_kernel(choice, x, weight, bias)
+    if use == AUTOGRAD and _routed_under_autograd(choice, x, weight, bias):
+        return _LinearOnChosenKernels.apply(x, weight, bias, choice)
+    return F.linear(*args, **kwargs)
+
+
 def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[], torch.Tensor]] | None:
-    """(kind, name, call) of the alternative kernel for this call of `func` (not F.linear, see `_RoutedCPUKernels`),
+    """(kind, name, call) of the alternative kernel for this call of `func` (not F.linear, see `_routed_linear`),
     or None when there is none.
 
     The kind names the operation, dtype, thread count and shape class (sizes rounded up to a power of two) that a
@@ -90,7 +106,7 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
     """
     if func in _MATMULS and len(args) == 2 and not kwargs:
         x, matrix = args
-        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu(x, matrix) and onednn_runs(x.dtype):
+        if x.dim() >= 2 and matrix.dim() == 2 and _plain_cpu_use(x, matrix) == INFERENCE and onednn_runs(x.dtype):
             kind = _kind("matmul", x, rows=x.numel() // x.shape[-1], shape=f"{matrix.shape[0]}->{matrix.shape[1]}")
             return kind, "onednn", lambda: onednn_linear(x, matrix.T, None)
         return None
@@ -102,13 +118,13 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
         plain = named.get("attn_mask") is None and not any(
             named.get(n) for n in ("dropout_p", "is_causal", "enable_gqa")
         )
-        if plain and q.dim() == 4 and q.shape[:2] == k.shape[:2] and _plain_cpu(q, k, v):
+        if plain and q.dim() == 4 and q.shape[:2] == k.shape[:2] and _plain_cpu_use(q, k, v) == INFERENCE:
             queries, keys = size_class(q.shape[2]), size_class(k.shape[2])
             kind = _kind("attention", q, rows=q.shape[0] * q.shape[1], shape=f"{queries}x{keys}x{q.shape[3]}")
             return kind, "products", lambda: _attention_by_products(q, k, v, named.get("scale") or q.shape[-1] ** -0.5)
     elif func is F.interpolate:
         x, size = named["input"], named.get("size")
-        if named.get("mode") == "bilinear" and x.dim() == 4 and size is not None and _plain_cpu(x):
+        if named.get("mode") == "bilinear" and x.dim() == 4 and size is not None and _plain_cpu_use(x) == INFERENCE:
             if not x.is_contiguous(memory_format=torch.channels_last):
                 pixels = f"{size_class(x.shape[2] * x.shape[3])}->{size_class(math.prod(_pair(size)))}"
                 kind = _kind("bilinear", x, rows=x.shape[0] * x.shape[1], shape=pixels)
@@ -117,8 +133,18 @@ def _alternative(func, args: tuple, kwargs: dict) -> tuple[str, str, Callable[[]
 
 
 def _linear_kind(x: torch.Tensor, weight: torch.Tensor) -> str:
-    layout = "" if weight.is_contiguous() else " transposed"  # a backward pass multiplies by the weight's transpose
-    return _kind("linear", x, rows=x.numel() // x.shape[-1], shape=f"{weight.shape[1]}->{weight.shape[0]}{layout}")
+    """The kind of F.linear(x, weight): dtype, threads, rows and the weight's shape and layout (a backward pass
+    multiplies by the weight's transpose)."""
+    rows = x.numel() // x.shape[-1]
+    return _linear_kind_of(x.dtype, rows, *weight.shape, not weight.is_contiguous(), torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear_kind_of(dtype: torch.dtype, rows: int, out_features: int, in_features: int, transposed: bool, threads: int):
+    layout = " transposed" if transposed else ""
+    return f"linear {str(dtype).removeprefix('torch.')} threads={threads} rows={size_class(rows)} " + (
+        f"{in_features}->{out_features}{layout}"
+    )
 
 
 def _kind(operation: str, x: torch.Tensor, rows: int, shape: str) -> str:
@@ -130,23 +156,51 @@ def _pair(size: int | tuple[int, ...]) -> tuple[int, ...]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _plain_cpu(*tensors: torch.Tensor | None, autograd: bool = False) -> bool:
-    """Whether the tensors are dense CPU tensors of one dtype, fp32 (outside autocast, which would cast them) or bf16,
-    and need no autograd (`autograd` False) or some of them do (True)."""
-    tensors = [t for t in tensors if t is not None]
+def _plain_cpu_use(*tensors: torch.Tensor | None) -> str | None:
+    """INFERENCE or AUTOGRAD where the tensors are dense CPU tensors of one dtype, fp32 (outside autocast, which would
+    cast them) or bf16, none or some of which need gradients; None otherwise."""
     dtype = tensors[0].dtype
-    return (
-        (dtype == torch.bfloat16 or (dtype == torch.float32 and not torch.is_autocast_enabled("cpu")))
-        and all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided for t in tensors)
-        and (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) == autograd
-        and not torch.compiler.is_compiling()  # compiled graphs choose their own kernels
-    )
+    if not (dtype is torch.bfloat16 or (dtype is torch.float32 and not torch.is_autocast_enabled("cpu"))):
+        return None
+    needs_gradient = False
+    for t in tensors:
+        if t is not None:
+            if not t.is_cpu or t.dtype is not dtype or t.layout is not torch.strided:
+                return None
+            needs_gradient = needs_gradient or t.requires_grad
+    if torch.compiler.is_compiling():  # compiled graphs choose their own kernels
+        return None
+    return AUTOGRAD if needs_gradient and torch.is_grad_enabled() else INFERENCE
+
+
+def _linear_candidates(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
+    return {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: onednn_linear(x, weight, bias)}
 
 
 def _linear_on_chosen_kernel(choice: KernelChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """F.linear(x, weight, bias) on the kernel `choice` found faster for its kind: PyTorch's or oneDNN's."""
-    candidates = {PYTORCH: lambda: F.linear(x, weight, bias), "onednn": lambda: onednn_linear(x, weight, bias)}
-    return candidates[choice.choose(_linear_kind(x, weight), candidates)]()
+    if choice.choose(_linear_kind(x, weight), lambda: _linear_candidates(x, weight, bias)) == "onednn":
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _routed_under_autograd(choice: KernelChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Whether a product of F.linear(x, weight, bias) under autograd, the output or (when `x` needs one) the input's
+    gradient, runs on another kernel than PyTorch's. A new kind of gradient is measured on a random one of its
+    shape."""
+    if choice.choose(_linear_kind(x, weight), lambda: _linear_candidates(x, weight, bias)) != PYTORCH:
+        return True
+    if not x.requires_grad:
+        return False
+
+    def gradient_candidates() -> dict:
+        gradient = torch.randn(*x.shape[:-1], weight.shape[0], dtype=x.dtype)
+        return _linear_candidates(gradient, weight.t(), None)
+
+    rows, threads = x.numel() // x.shape[-1], torch.get_num_threads()
+    # the kind of _linear_kind(gradient, weight.t()), without making the view: a contiguous weight's is transposed
+    kind = _linear_kind_of(x.dtype, rows, weight.shape[1], weight.shape[0], weight.is_contiguous(), threads)
+    return choice.choose(kind, gradient_candidates) != PYTORCH
 
 
 class _LinearOnChosenKernels(torch.autograd.Function):

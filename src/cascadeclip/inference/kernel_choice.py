@@ -62,18 +62,20 @@ class KernelChoice:
         self.record = Path(record) if record is not None else None
         self._given = _read_choices(self.record) if self.record is not None else {}
 
-    def choose(self, kind: str, candidates: dict[str, Callable[[], object]]) -> str:
+    def choose(self, kind: str, candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
         """The name of the candidate to run for operations of `kind`; measured now if `kind` is new.
 
         Args:
             kind: the operation, dtype, threads and shape class, e.g. "linear float32 threads=2 rows=2048 768->3072".
-            candidates: name -> a call of that kernel on the operation's inputs; must include `PYTORCH`.
+            candidates: makes name -> a call of that kernel on the operation's inputs, which must include `PYTORCH`;
+                called only to measure (most calls find their kind known).
         """
         if kind in self._given:
             return self._given[kind]
         choices = self._load()
         if kind not in choices:
-            choices[kind] = self._measure(candidates)
+            with torch.no_grad():  # timing a kernel needs no autograd graph
+                choices[kind] = self._measure(candidates())
             self.path = _saved(self.path, self.machine, choices)
         if self.record is not None:
             self._given[kind] = choices[kind]
