@@ -509,7 +509,8 @@ def render(r: dict) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: **{m['cpu']}**, {m['logical_cpus']} logical CPUs; PyTorch used {m['torch_threads']} threads",
+        f"- CPU: **{m['cpu']}**{f' ({family})' if (family := m.get('cpu_family_model')) else ''}, "
+        f"{m['logical_cpus']} logical CPUs; PyTorch used {m['torch_threads']} threads",
         f"- instruction sets: {flags}; PyTorch CPU capability {m['torch_cpu_capability']}; "
         f"AMX: {'yes (oneDNN uses it for bf16)' if amx else 'no'}",
         f"- memory {m.get('memory_gb')} GB; GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}",

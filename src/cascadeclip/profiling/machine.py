@@ -34,11 +34,21 @@ def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     return cpu, flags
 
 
+def cpu_family_and_model() -> str | None:
+    """The CPU's "family F, model M" (from /proc/cpuinfo), which tells apart CPUs of one model name, such as the
+    generations that a cloud's virtual machines all call "AMD EPYC"; None where unknown."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    family, model = re.search(r"cpu family\s*:\s*(\d+)", text), re.search(r"^model\s*:\s*(\d+)", text, re.MULTILINE)
+    return f"family {family.group(1)}, model {model.group(1)}" if family and model else None
+
+
 def machine_description() -> dict:
     """CPU model and relevant instruction-set flags, threads, memory, GPU, library versions, load average."""
     cpu, flags = cpu_model_and_flags()
     description = {
         "cpu": cpu,
+        "cpu_family_model": cpu_family_and_model(),
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST} if flags else {},
         "logical_cpus": torch.multiprocessing.cpu_count(),
         "torch_threads": torch.get_num_threads(),
