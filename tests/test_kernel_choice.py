@@ -163,8 +163,11 @@ def test_linear_under_autograd_where_pytorchs_kernels_are_chosen_is_pytorchs_own
     choice, calls = faked_choice(monkeypatch, "onednn_linear", extra_seconds=1.0)
     x = torch.randn(2, 8, 48, requires_grad=input_needs_gradient)
     weight = torch.randn(24, 48, requires_grad=True)
+    random_state = torch.get_rng_state()
     with fast_path.fast_cpu_kernels(choice):
         out = F.linear(x, weight)
+    # Measuring drew no numbers from the global generator: a run's dropout must not depend on what was measured.
+    assert torch.equal(torch.get_rng_state(), random_state)
     threads = torch.get_num_threads()
     measured = [f"linear float32 threads={threads} rows=16 48->24"]  # the output
     if input_needs_gradient:  # and the input's gradient, on a random one, before the backward needs it

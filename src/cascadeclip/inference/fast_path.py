@@ -194,7 +194,10 @@ def _routed_under_autograd(choice: KernelChoice, x: torch.Tensor, weight: torch.
         return False
 
     def gradient_candidates() -> dict:
-        gradient = torch.randn(*x.shape[:-1], weight.shape[0], dtype=x.dtype)
+        # drawn from a generator of its own: the global one's stream (dropout, augmentation) must not depend on
+        # whether a choice was measured in this process or read from a file
+        own = torch.Generator().manual_seed(0)
+        gradient = torch.randn(*x.shape[:-1], weight.shape[0], dtype=x.dtype, generator=own)
         return _linear_candidates(gradient, weight.t(), None)
 
     rows, threads = x.numel() // x.shape[-1], torch.get_num_threads()
