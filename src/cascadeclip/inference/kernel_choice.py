@@ -3,9 +3,10 @@
 Which kernel is faster depends on the CPU: for fp32 linear layers, oneDNN beats PyTorch's MKL call on AMD CPUs and
 ties on Intel ones; attention as matrix products beats PyTorch's fused kernel on one machine and loses by 2-4x on
 another (benchmarks/NOTES.md). So, like cuDNN's benchmark mode, the first call of an operation of a new kind
-(operation, dtype, threads, shape class) times every candidate on its real inputs, a few rounds in turns, and the
-choice holds from then on. PyTorch's own kernel (`PYTORCH`, always a candidate) is kept unless another is faster by
-more than `MARGIN`, so a choice is never slower than plain PyTorch beyond the noise of the measurement.
+(operation, dtype, threads, shape class) times every candidate on its real inputs (a linear layer's input gradient,
+chosen at its forward, on a random one of its shape), a few rounds in turns, and the choice holds from then on.
+PyTorch's own kernel (`PYTORCH`, always a candidate) is kept unless another is faster by more than `MARGIN`, so a
+choice is never slower than plain PyTorch beyond the noise of the measurement.
 
 Choices are kept per machine (CPU model, instruction sets, PyTorch version) in a JSON file of the cache folder
 (`utils.cache_dir()/kernel_choices/`), written atomically after each new choice; a file that cannot be read or
