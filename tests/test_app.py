@@ -95,6 +95,17 @@ def test_errors_are_one_line_on_the_page(page, photo, tmp_path, image, names, th
     assert page.segment(photo, "cat", 0, "slide").overlay is not None  # the page still works afterwards
 
 
+def test_a_mode_the_launch_options_do_not_allow_is_an_error_in_their_names(tmp_path, photo):
+    args = argparse.Namespace(random_weights=True, checkpoint=None, clip_weights=None)
+    # launched as `cascade-clip app --mode whole --short-side 32`: too small for the tiny model's 64-pixel windows
+    segmenter = tiny_segmenter(tmp_path / "cache", mode="whole", short_side=32)
+    page = SegmentationPage(segmenter, args, tmp_path / "out")
+    result = page.segment(photo, "cat", 0, "slide")
+    assert result.status.startswith("<b>Error:</b> --short-side (32) must be at least the window size (64)")
+    assert "the inference mode whole" in result.status and "short_side" not in result.status
+    assert page.segment(photo, "cat", 0, "whole").overlay is not None  # whole images still work
+
+
 def request_folders(page: SegmentationPage) -> set[Path]:
     return {p for p in page.out.iterdir() if p.is_dir()}
 

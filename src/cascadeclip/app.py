@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli.segment import file_identity, output_paths, output_settings, write_outputs
+from .cli.segment import PROTOCOL_OPTIONS, file_identity, output_paths, output_settings, write_outputs
+from .config import ConfigError
 from .data.images import load_image
 from .segmenter import BACKGROUND_NAME, Prediction, Segmenter, check_class_names, parse_class_names
 from .utils import UserError
@@ -113,7 +114,10 @@ class SegmentationPage:
                 f"{Path(image_file).name} cannot be read as an image; drop a JPEG, PNG, WebP, BMP, GIF or TIFF file"
             ) from None
         self._encoded_key = None
-        self.segmenter.mode = mode
+        try:
+            self.segmenter.mode = mode
+        except ConfigError as err:  # e.g. a --short-side given for whole images, too small for windows
+            raise err.renamed(PROTOCOL_OPTIONS | {"mode": "the inference mode"}) from None
         self.segmenter.set_image(image)
         self._encoded_key = key
 
