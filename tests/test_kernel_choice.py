@@ -211,6 +211,23 @@ def test_choices_are_kept_on_disk_per_machine(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*"))  # no temporary files left
 
 
+def test_processes_of_one_machine_measure_each_kind_once_and_keep_each_others_choices(tmp_path):
+    def forbidden():
+        raise AssertionError("a kind another process had measured was measured again")
+
+    clock = FakeClock()
+    first, second = KernelChoice(tmp_path, timer=clock), KernelChoice(tmp_path, timer=clock)  # two processes
+    assert first.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert second.choose("kind B", forbidden) == PYTORCH  # its first look at the file
+    faster_other = {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
+    assert first.choose("kind A", lambda: faster_other) == "other"  # measured after the second read the file
+    assert second.choose("kind A", forbidden) == "other"  # found in the file, not measured again
+    assert second.choose("kind C", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    # Each process added its kinds to the file; none wrote over the other's.
+    saved = json.loads(first.path.read_text())["choices"]
+    assert saved == {"kind A": "other", "kind B": PYTORCH, "kind C": PYTORCH}
+
+
 def test_a_run_keeps_the_choices_it_recorded_over_the_machines(tmp_path):
     def forbidden():
         raise AssertionError("a recorded choice was measured again")

@@ -13,19 +13,29 @@ Choices are kept per machine (CPU model, instruction sets, PyTorch version) in a
 belongs to another machine is ignored and replaced, and a folder that cannot be written only costs a warning.
 A training run also records the choices it was given in its own folder (`run_choice`): resumed, it keeps them, even
 where the machine's file has gone or another machine measured otherwise.
+
+Processes of one machine share the file (the demo trains in several at once): a process about to measure a new kind
+first takes the file's lock and reads what the others have measured meanwhile, so that each kind is measured once
+and every process runs it on the same kernel; what it measures is added to the file, not written over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there processes measure without waiting for each other
+    fcntl = None
 
 from ..profiling.machine import cpu_model_and_flags
 from ..utils import UserError, atomic_write, cache_dir
@@ -75,9 +85,13 @@ class KernelChoice:
             return self._given[kind]
         choices = self._load()
         if kind not in choices:
-            with torch.no_grad():  # timing a kernel needs no autograd graph
-                choices[kind] = self._measure(candidates())
-            self.path = _saved(self.path, self.machine, choices)
+            with _locked(self.path):
+                for known, name in _read_choices(self.path, self.machine).items() if self.path else ():
+                    choices.setdefault(known, name)  # another process's, unless this one has already run its own
+                if kind not in choices:
+                    with torch.no_grad():  # timing a kernel needs no autograd graph
+                        choices[kind] = self._measure(candidates())
+                    self.path = _saved(self.path, self.machine, choices)
         if self.record is not None:
             self._given[kind] = choices[kind]
             self.record = _saved(self.record, self.machine, self._given)
@@ -108,6 +122,24 @@ class KernelChoice:
             if self.path is not None:
                 self._choices = _read_choices(self.path, self.machine)
         return self._choices
+
+
+@contextlib.contextmanager
+def _locked(path: Path | None) -> Iterator[None]:
+    """Hold the lock of the choices file `path` (a lock file beside it): other processes about to measure wait.
+    Nothing to hold without a file, where the folder cannot be written, or without fcntl."""
+    if path is None or fcntl is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_suffix(".lock").open("a")
+    except OSError:  # the saving that follows warns
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _saved(path: Path | None, machine: dict, choices: dict[str, str]) -> Path | None:
