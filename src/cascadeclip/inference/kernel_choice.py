@@ -34,7 +34,7 @@ import torch
 
 try:
     import fcntl
-except ImportError:  # not on Windows: there processes measure without waiting for each other
+except ImportError:  # Windows has none: there processes measure without waiting for each other
     fcntl = None
 
 from ..profiling.machine import cpu_model_and_flags
