@@ -142,14 +142,16 @@ def _linear_kind(x: torch.Tensor, weight: torch.Tensor) -> str:
 @functools.lru_cache(maxsize=4096)
 def _linear_kind_of(dtype: torch.dtype, rows: int, out_features: int, in_features: int, transposed: bool, threads: int):
     layout = " transposed" if transposed else ""
-    return f"linear {str(dtype).removeprefix('torch.')} threads={threads} rows={size_class(rows)} " + (
-        f"{in_features}->{out_features}{layout}"
-    )
+    return _kind_of("linear", dtype, threads, rows, f"{in_features}->{out_features}{layout}")
 
 
 def _kind(operation: str, x: torch.Tensor, rows: int, shape: str) -> str:
-    dtype = str(x.dtype).removeprefix("torch.")
-    return f"{operation} {dtype} threads={torch.get_num_threads()} rows={size_class(rows)} {shape}"
+    return _kind_of(operation, x.dtype, torch.get_num_threads(), rows, shape)
+
+
+def _kind_of(operation: str, dtype: torch.dtype, threads: int, rows: int, shape: str) -> str:
+    """The name a choice is kept under: operation, dtype, threads, shape class of the rows, the rest of the shape."""
+    return f"{operation} {str(dtype).removeprefix('torch.')} threads={threads} rows={size_class(rows)} {shape}"
 
 
 def _pair(size: int | tuple[int, ...]) -> tuple[int, ...]:
