@@ -189,25 +189,31 @@ def test_attention_under_autograd_and_masked_attention_stay_with_pytorch(monkeyp
     assert calls == [] and choice._choices in (None, {}) and q.grad is not None
 
 
+def equally_fast() -> dict:
+    """Candidates that take the same time on a FakeClock: PyTorch's kernel is kept."""
+    return {PYTORCH: lambda: None, "other": lambda: None}
+
+
+def other_faster(clock: FakeClock):
+    """A maker of candidates of which "other" takes 0.5 s less on `clock`."""
+    return lambda: {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
+
+
 def test_choices_are_kept_on_disk_per_machine(tmp_path, monkeypatch):
     def forbidden():
         raise AssertionError("a kept choice was measured again")
 
     clock = FakeClock()
     first = KernelChoice(tmp_path, timer=clock)
-    assert first.choose(
-        "kind A", lambda: {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
-    )
-    assert first.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert first.choose("kind A", other_faster(clock))
+    assert first.choose("kind B", equally_fast) == PYTORCH
     assert json.loads(first.path.read_text())["choices"] == {"kind A": "other", "kind B": PYTORCH}
     again = KernelChoice(tmp_path)  # a later process on the same machine
-    assert again.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
+    assert again.choose("kind A", forbidden) == "other"
 
     monkeypatch.setattr(kernel_choice, "cpu_model_and_flags", lambda: ("Another CPU", frozenset({"amx_bf16"})))
     elsewhere = KernelChoice(tmp_path, timer=FakeClock())
-    assert elsewhere.path != first.path and elsewhere.choose(
-        "kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}
-    )
+    assert elsewhere.path != first.path and elsewhere.choose("kind A", equally_fast)
     assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*"))  # no temporary files left
 
 
@@ -217,12 +223,11 @@ def test_processes_of_one_machine_measure_each_kind_once_and_keep_each_others_ch
 
     clock = FakeClock()
     first, second = KernelChoice(tmp_path, timer=clock), KernelChoice(tmp_path, timer=clock)  # two processes
-    assert first.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert first.choose("kind B", equally_fast) == PYTORCH
     assert second.choose("kind B", forbidden) == PYTORCH  # its first look at the file
-    faster_other = {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
-    assert first.choose("kind A", lambda: faster_other) == "other"  # measured after the second read the file
+    assert first.choose("kind A", other_faster(clock)) == "other"  # measured after the second read the file
     assert second.choose("kind A", forbidden) == "other"  # found in the file, not measured again
-    assert second.choose("kind C", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert second.choose("kind C", equally_fast) == PYTORCH
     # Each process added its kinds to the file; none wrote over the other's.
     saved = json.loads(first.path.read_text())["choices"]
     assert saved == {"kind A": "other", "kind B": PYTORCH, "kind C": PYTORCH}
@@ -235,23 +240,17 @@ def test_a_run_keeps_the_choices_it_recorded_over_the_machines(tmp_path):
     clock = FakeClock()
     machine = KernelChoice(tmp_path / "machine", timer=clock)
     run = machine.recorded_in(tmp_path / "run" / "kernel_choices.json")
-
-    def faster_other():
-        return {PYTORCH: lambda: None, "other": lambda: setattr(clock, "now", clock.now - 0.5)}
-
-    assert run.choose("kind A", faster_other) == "other"  # measured once, known to both
-    assert machine.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
-    assert machine.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
+    assert run.choose("kind A", other_faster(clock)) == "other"  # measured once, known to both
+    assert machine.choose("kind A", forbidden) == "other"
+    assert machine.choose("kind B", equally_fast) == PYTORCH
     assert json.loads(run.record.read_text())["choices"] == {"kind A": "other"}  # only what the run was given
 
     # The machine's file is remeasured (say, after an update) and now says otherwise; the resumed run keeps its own.
     remeasured = {"kind A": PYTORCH, "kind B": PYTORCH}
     machine.path.write_text(json.dumps({"machine": machine.machine, "choices": remeasured}))
     resumed = KernelChoice(tmp_path / "machine").recorded_in(run.record)
-    assert resumed.choose("kind A", lambda: {PYTORCH: forbidden, "other": forbidden}) == "other"
-    assert (
-        resumed.choose("kind B", lambda: {PYTORCH: forbidden, "other": forbidden}) == PYTORCH
-    )  # from the machine's file
+    assert resumed.choose("kind A", forbidden) == "other"
+    assert resumed.choose("kind B", forbidden) == PYTORCH  # from the machine's file
     assert json.loads(run.record.read_text())["choices"] == {"kind A": "other", "kind B": PYTORCH}
 
 
@@ -263,7 +262,7 @@ def test_a_run_keeps_the_choices_it_recorded_over_the_machines(tmp_path):
 def test_a_choices_file_that_cannot_be_used_is_ignored_and_replaced(content, tmp_path):
     choice = KernelChoice(tmp_path, timer=FakeClock())  # equal times: PyTorch's kernel
     choice.path.write_text(content.replace('"another"', json.dumps({"cpu": "x"})))
-    assert choice.choose("kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # measured afresh
+    assert choice.choose("kind A", equally_fast) == PYTORCH  # measured afresh
     assert json.loads(choice.path.read_text())["choices"] == {"kind A": PYTORCH}
 
 
@@ -271,5 +270,5 @@ def test_a_folder_that_cannot_be_written_costs_a_warning(tmp_path):
     (tmp_path / "file").write_text("")
     choice = KernelChoice(tmp_path / "file" / "choices", timer=FakeClock())  # no folder can be made inside a file
     with pytest.warns(UserWarning, match="kernel choices not saved"):
-        assert choice.choose("kind A", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH
-    assert choice.choose("kind B", lambda: {PYTORCH: lambda: None, "other": lambda: None}) == PYTORCH  # warned once
+        assert choice.choose("kind A", equally_fast) == PYTORCH
+    assert choice.choose("kind B", equally_fast) == PYTORCH  # warned once
