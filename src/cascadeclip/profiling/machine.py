@@ -21,24 +21,26 @@ CPU_FLAGS_OF_INTEREST = (
 )
 
 
+def _cpuinfo() -> str:
+    """The text of /proc/cpuinfo (Linux); empty elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text() if cpuinfo.is_file() else ""
+
+
 def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     """The CPU's model name and instruction-set flags (from /proc/cpuinfo on Linux; elsewhere no flags)."""
-    cpu, flags = platform.processor() or platform.machine(), frozenset()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        text = cpuinfo.read_text()
-        if match := re.search(r"model name\s*:\s*(.+)", text):
-            cpu = match.group(1).strip()
-        if match := re.search(r"flags\s*:\s*(.+)", text):
-            flags = frozenset(match.group(1).split())
+    cpu, flags, text = platform.processor() or platform.machine(), frozenset(), _cpuinfo()
+    if match := re.search(r"model name\s*:\s*(.+)", text):
+        cpu = match.group(1).strip()
+    if match := re.search(r"flags\s*:\s*(.+)", text):
+        flags = frozenset(match.group(1).split())
     return cpu, flags
 
 
 def cpu_family_and_model() -> str | None:
     """The CPU's "family F, model M" (from /proc/cpuinfo), which tells apart CPUs of one model name, such as the
     generations that a cloud's virtual machines all call "AMD EPYC"; None where unknown."""
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    text = _cpuinfo()
     family, model = re.search(r"cpu family\s*:\s*(\d+)", text), re.search(r"^model\s*:\s*(\d+)", text, re.MULTILINE)
     return f"family {family.group(1)}, model {model.group(1)}" if family and model else None
 
