@@ -22,8 +22,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="cascadeclip-test-cache-")
 os.environ["CASCADECLIP_CACHE"] = _SESSION_CACHE.name
 
-# Kernel choices of the test session: measured as needed, kept in memory, never written to the user's cache folder.
-_SESSION_KERNEL_CHOICE = kernel_choice.KernelChoice(None)
+# Kernel choices of the test session, kept in the session's cache folder, where the commands the tests start find
+# them too: a run in this process and the same run in worker processes take the same kernels (and so the same numbers).
+_SESSION_KERNEL_CHOICE = kernel_choice.KernelChoice(Path(_SESSION_CACHE.name) / "kernel_choices")
 
 
 @pytest.fixture(autouse=True)
