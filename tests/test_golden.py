@@ -2,8 +2,9 @@
 
 Every case folder under $CASCADECLIP_GOLDEN_DIR (default: golden/ in the development data, see conftest.SHARED_DIR)
 is checked the same way: build the model from case.json, load checkpoint.pth through the loader users use for the
-released checkpoints, feed io.pt's inputs. Tolerances (from the golden README): outputs 1e-4 absolute, losses 1e-5
-relative, fp32 on CPU; anything larger is a difference of function, not rounding.
+released checkpoints, feed io.pt's inputs. Tolerances: outputs 1e-4 absolute, losses 1e-5 relative, fp32 on CPU,
+those the cases were made with: two fp32 implementations of one function differ by their order of summation only
+(these cases agree to 1e-5 and better), so anything larger is a difference of function, not rounding.
 """
 
 from __future__ import annotations

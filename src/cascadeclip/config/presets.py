@@ -1,5 +1,5 @@
-"""The eight configurations of the authors as typed `Config` values (docs/method.md, Training recipe and
-Cross-dataset transfer).
+"""The presets as typed `Config` values: the authors' eight configurations (docs/method.md, Training recipe and
+Cross-dataset transfer), the open-vocabulary benchmarks and the miniature world's.
 
 | preset               | setting      | T  | text embeddings        | iters  | batch | init                         |
 |----------------------|--------------|----|------------------------|--------|-------|------------------------------|

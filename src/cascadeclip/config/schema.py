@@ -507,7 +507,8 @@ class TestConfig:
     stride: int = checked(426, POSITIVE)
     window_batch: int = checked(8, POSITIVE)  # sliding windows of one image run together in batches of this size
     # With a background class (classes.background): pixels where no queried class reaches this probability are
-    # background. A fixed value, the `Segmenter`'s default, never tuned on the images evaluated.
+    # background. A fixed value (`cascade-clip segment --background` without a value takes it too), never tuned on
+    # the images evaluated.
     background_threshold: float = checked(0.5, between(0.0, 1.0))
 
     def problems(self, name: Namer) -> list[str]:

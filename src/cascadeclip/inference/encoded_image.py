@@ -64,12 +64,10 @@ def encode_image(
 
 
 @torch.no_grad()
-def decode_scores(
-    model: CascadeCLIP, encoded: EncodedImage, text: torch.Tensor, shift: torch.Tensor | None = None
-) -> torch.Tensor:
+def decode_scores(model: CascadeCLIP, encoded: EncodedImage, text: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W) scores of the encoded image for the classes of `text` (C, D), by the head alone."""
     logits = ((w.boxes, model.decode(w.maps, w.global_embedding, text, _box_size(w.boxes[0]))) for w in encoded.windows)
-    scores = average_windows(logits, encoded.padded_size, shift)
+    scores = average_windows(logits, encoded.padded_size)
     return scores[..., : encoded.size[0], : encoded.size[1]]
 
 

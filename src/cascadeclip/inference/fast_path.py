@@ -1,4 +1,5 @@
-"""The runtime of fast inference: the faster kernels of this machine, autocast, and (when asked) memory reuse.
+"""The runtime of the fast path: the faster kernels of this machine (for inference and for training steps),
+autocast, and (when asked) memory reuse.
 
 The model owns the computation (`CascadeCLIP.set_fast_path`: the same function with less work;
 `CascadeCLIP.store_encoder_in_bf16` for bf16 inference); this module owns the context it runs in:

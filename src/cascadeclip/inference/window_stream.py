@@ -36,7 +36,6 @@ def stream_scores(
     crop: int = 512,
     stride: int = 426,
     window_batch: int = 8,
-    shift: torch.Tensor | None = None,
 ) -> Iterator[tuple[object, torch.Tensor]]:
     """(key, (1, C, h, w) scores) for each (key, (1, 3, h, w) normalised image), as each image completes.
 
@@ -47,7 +46,6 @@ def stream_scores(
         text: (C, D) class embeddings, on the model's device.
         mode, crop, stride: as for `predict_scores`.
         window_batch: windows per forward.
-        shift: (C,) subtracted from the probabilities (see `class_scores`).
     """
     device = text.device
     queues: dict[tuple[int, int], list[tuple[_Image, tuple[int, int, int, int], torch.Tensor]]] = {}
@@ -56,7 +54,7 @@ def stream_scores(
     def run(queue: list) -> None:
         """One forward of the queued windows; their probabilities go to their images."""
         windows = torch.cat([window for _, _, window in queue])
-        for (image, box, _), scores in zip(queue, class_scores(model(windows, text), shift), strict=True):
+        for (image, box, _), scores in zip(queue, class_scores(model(windows, text)), strict=True):
             image.average.add(box, scores)
             image.waiting -= 1
         queue.clear()

@@ -5,7 +5,7 @@ Read top to bottom, `CascadeHead.forward` is the method of the paper:
   2. per stage s: queries     Q_s = q_projs[s](T^)                 (independent projections)
   3. per stage s: memory      Z_s = sum_j w_sj * H_sj              (Neighbourhood Gaussian Aggregation, raw weights)
   4. per stage s: mask logits M_s = decoder_s(Q_s, Z_s)
-  5. output                   M = M_1 + M_2 + M_3                  (plain, unweighted sum)
+  5. output                   M = M_1 + ... + M_S                  (plain, unweighted sum over the S stages)
 """
 
 from __future__ import annotations
