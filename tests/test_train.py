@@ -23,7 +23,7 @@ from cascadeclip.config.presets import get_preset
 from cascadeclip.data.datasets import list_samples
 from cascadeclip.data.train_pipeline import StreamSampler, TrainingStream, augment
 from cascadeclip.data.transforms import normalize
-from cascadeclip.engine.distributed import DistInfo
+from cascadeclip.distributed import DistInfo
 from cascadeclip.engine.run_directory import RunDirectory
 from cascadeclip.engine.schedule import learning_rate
 from cascadeclip.engine.trainer import (

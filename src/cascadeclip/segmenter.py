@@ -36,7 +36,7 @@ from PIL import Image
 from .config import ModelConfig, TestConfig, TextEncoderConfig, validate
 from .data.images import load_image
 from .data.transforms import short_side_size, test_image_tensor
-from .engine.distributed import check_device
+from .distributed import check_device
 from .factory import CheckpointError, load_segmentation_weights
 from .inference.encoded_image import EncodedImage, decode_scores, encode_image
 from .inference.fast_path import fast_inference

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.distributed import check_device
+from ..distributed import check_device
 from ..outputs import check_output_folder
 from ..utils import CACHE_ENV
 from ..world.protocol import CHAINS, Execution, WorldRecipe, run_seeds

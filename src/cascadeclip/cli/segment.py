@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data.image_files import image_loader, reissue_warnings, unreadable_images
 from ..data.images import IMAGE_SUFFIXES
-from ..engine.distributed import DistInfo, all_gather_objects, check_device, cleanup, init_distributed
+from ..distributed import DistInfo, all_gather_objects, check_device, cleanup, init_distributed
 from ..factory import WEIGHTS_HELP, resolve_checkpoint
 from ..manifest import Manifest
 from ..outputs import check_name, check_output_folder

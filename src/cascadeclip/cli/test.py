@@ -22,7 +22,7 @@ from ..config import ClassesConfig, Config, to_dict
 from ..config.presets import PRESETS, explicit_keys, resolve_config
 from ..data.datasets import read_image
 from ..data.eval_dataset import EvalDataset
-from ..engine.distributed import DistInfo, check_device, cleanup, init_distributed
+from ..distributed import DistInfo, check_device, cleanup, init_distributed
 from ..evaluation import class_text, evaluate, evaluation_share, results_table
 from ..evaluation.report import prediction_picture
 from ..evaluation.suite import SUITES, find_suite_sets, suite_row, suite_table

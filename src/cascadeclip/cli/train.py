@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 
 from ..config.presets import resolve_config
-from ..engine.distributed import check_device, cleanup, rank_from_environment
+from ..distributed import check_device, cleanup, rank_from_environment
 from ..engine.run_directory import RunDirectory
 from ..engine.trainer import check_training_inputs, train
 from ..outputs import check_output_folder

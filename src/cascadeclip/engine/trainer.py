@@ -33,6 +33,7 @@ from ..config import Config, TrainConfig, save_yaml, validate
 from ..config.dataset_file import load_dataset, resolved
 from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
+from ..distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from ..evaluation import evaluate
 from ..factory import check_architecture, create_model, load_checkpoint, save_model
 from ..inference.fast_path import chosen_kernels
@@ -43,7 +44,6 @@ from ..modeling.loss import pairs_per_process
 from ..modeling.zero_shot import training_losses
 from ..utils import IGNORE_INDEX, UserError
 from .curves import plot_curves
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .run_directory import RunDirectory
 from .schedule import learning_rate
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..config import ClassesConfig, Config, TestConfig
 from ..config.dataset_file import resolved
 from ..data.eval_dataset import EvalDataset, eval_dataset, eval_loader
-from ..engine.distributed import all_gather_objects, rank_and_world_size
+from ..distributed import all_gather_objects, rank_and_world_size
 from ..factory import load_text_encoder
 from ..inference.predict import protocol_scores, seen_shift_vector
 from ..inference.text_embeddings import EMBEDDINGS_DIR_ENV, class_embeddings, find_embedding_file

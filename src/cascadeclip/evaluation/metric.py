@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from ..engine.distributed import all_reduce_sum
+from ..distributed import all_reduce_sum
 from ..utils import IGNORE_INDEX
 
 

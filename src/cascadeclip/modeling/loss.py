@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..engine.distributed import all_reduce_sum, is_distributed
+from ..distributed import all_reduce_sum, is_distributed
 from ..utils import IGNORE_INDEX
 
 

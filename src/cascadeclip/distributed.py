@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..utils import UserError
+from .utils import UserError
 
 
 @dataclass(frozen=True)
