@@ -9,8 +9,6 @@ One entry per source of weights:
 - The authors' checkpoints, `read_authors_checkpoint`: `{"meta": ..., "state_dict": ...}` pickles with this model's
   key names (docs/method.md, Weights and checkpoints). The weights they register but never use are skipped by name
   and reported; anything else that does not fit is an error (`load_state`).
-- A small CLIP with few token rows, `save_clip_token_subset` / `read_clip_token_subset` (the miniature world's tiny
-  CLIP shipped in the package): safetensors without the token-embedding rows its texts never use.
 - Our files, `read_model_file` / `save_model`: a single `.safetensors` whose metadata holds the model configuration
   and the class set as JSON, so loading them runs no pickle.
 
@@ -163,35 +161,6 @@ def save_openai_clip(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Write OpenAI CLIP weights (as `read_openai_clip` returns them) as safetensors, atomically; they then load
     without unpickling anything."""
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata={"format": OPENAI_CLIP_FORMAT}))
-
-
-TOKEN_ROWS_KEY = "token_embedding.weight"  # open_clip's name of the text tower's token-embedding table
-
-
-def save_clip_token_subset(
-    state: dict[str, torch.Tensor], path: str | Path, kept_tokens: list[int], metadata: dict[str, str]
-) -> None:
-    """Write an open_clip `CLIP` state dict as safetensors, atomically, keeping of the token-embedding table only the
-    rows `kept_tokens` (for a CLIP whose texts use few tokens: the table is most of a small CLIP's size). Read back
-    with `read_clip_token_subset`."""
-    table = state[TOKEN_ROWS_KEY]
-    kept = torch.tensor(sorted(set(kept_tokens)), dtype=torch.long)
-    tensors = {k: v.detach().contiguous() for k, v in state.items() if k != TOKEN_ROWS_KEY}
-    tensors.update({TOKEN_ROWS_KEY: table[kept].contiguous(), "kept_token_ids": kept})
-    info = {**metadata, "vocab_size": str(table.shape[0])}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=info))
-
-
-def read_clip_token_subset(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of a `save_clip_token_subset` file; the token-embedding table has its full size again,
-    zero in the rows that were not kept."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    tensors = load_file(str(path))
-    kept, rows = tensors.pop("kept_token_ids"), tensors.pop(TOKEN_ROWS_KEY)
-    table = rows.new_zeros(int(metadata["vocab_size"]), rows.shape[1])
-    table[kept] = rows
-    return {**tensors, TOKEN_ROWS_KEY: table}, metadata
 
 
 def save_openai_archive(clip: torch.nn.Module, path: str | Path, image_size: int, context_length: int) -> None:

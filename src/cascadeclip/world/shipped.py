@@ -22,12 +22,16 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
 from open_clip.model import CLIP
 from open_clip.tokenizer import tokenize
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..config.class_names import WORLD_CLASSES
-from ..factory import read_clip_token_subset, read_openai_clip, save_clip_token_subset, save_openai_archive
+from ..factory import read_openai_clip, save_openai_archive
 from ..inference.text_embeddings import SINGLE_TEMPLATE
+from ..utils import atomic_write
 from .cache import cached_folder
 from .pretrain import TinyClipConfig, build_clip, pretraining_facts
 from .scenes import CAPTION_TEMPLATES, WORLD_VERSION
@@ -35,6 +39,33 @@ from .scenes import CAPTION_TEMPLATES, WORLD_VERSION
 SHIPPED_FILE = Path(__file__).with_name("tiny_clip.safetensors")
 ARCHIVE_NAME = "tiny-clip.pt"
 LONGEST_TEXT = 77  # tokens: more than any text of `world_texts` holds
+TOKEN_ROWS_KEY = "token_embedding.weight"  # open_clip's name of the text tower's token-embedding table
+
+
+def save_clip_token_subset(
+    state: dict[str, torch.Tensor], path: str | Path, kept_tokens: list[int], metadata: dict[str, str]
+) -> None:
+    """Write an open_clip `CLIP` state dict as safetensors, atomically, keeping of the token-embedding table only the
+    rows `kept_tokens` (for a CLIP whose texts use few tokens: the table is most of a small CLIP's size). Read back
+    with `read_clip_token_subset`."""
+    table = state[TOKEN_ROWS_KEY]
+    kept = torch.tensor(sorted(set(kept_tokens)), dtype=torch.long)
+    tensors = {k: v.detach().contiguous() for k, v in state.items() if k != TOKEN_ROWS_KEY}
+    tensors.update({TOKEN_ROWS_KEY: table[kept].contiguous(), "kept_token_ids": kept})
+    info = {**metadata, "vocab_size": str(table.shape[0])}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=info))
+
+
+def read_clip_token_subset(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of a `save_clip_token_subset` file; the token-embedding table has its full size again,
+    zero in the rows that were not kept."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    tensors = load_file(str(path))
+    kept, rows = tensors.pop("kept_token_ids"), tensors.pop(TOKEN_ROWS_KEY)
+    table = rows.new_zeros(int(metadata["vocab_size"]), rows.shape[1])
+    table[kept] = rows
+    return {**tensors, TOKEN_ROWS_KEY: table}, metadata
 
 
 def world_texts() -> list[str]:
