@@ -20,7 +20,7 @@ from cascadeclip.utils import UserError
 
 from conftest import tiny_model_config
 from hostile import cli, refused, write_image
-from test_factory import authors_layout_file
+from test_factory import authors_layout_file, make_openai_archive
 from tiny_datasets import make_coco, make_voc
 
 
@@ -247,3 +247,16 @@ def test_unusable_cache_entries_are_recomputed(tiny_checkpoint, tmp_path, kind):
     torch.testing.assert_close(segmenter.class_embeddings(["cat"]), expected, atol=0, rtol=0)
     with np.load(entry) as data:  # rewritten whole
         assert data["embedding"].shape == (32,) and np.isfinite(data["embedding"]).all()
+
+
+def test_clip_weights_without_part_of_the_text_tower_are_refused_naming_what_is_missing(tmp_path):
+    from cascadeclip.factory import load_text_encoder, read_openai_clip, save_openai_clip
+
+    make_openai_archive(tmp_path / "clip.pt")
+    state = read_openai_clip(tmp_path / "clip.pt")
+    del state["ln_final.bias"]
+    save_openai_clip(state, tmp_path / "clip.safetensors")
+    with pytest.raises(
+        CheckpointError, match=r"not a complete CLIP text tower \(missing: ln_final.bias; unexpected: none"
+    ):
+        load_text_encoder(tmp_path / "clip.safetensors")

@@ -262,8 +262,8 @@ def load_text_encoder(clip_weights: str | Path) -> TextEncoder:
         ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{clip_weights}: not a complete CLIP text tower (missing {result.missing_keys[:4]}, "
-            f"unexpected {result.unexpected_keys[:4]}); give OpenAI's ViT-B-16.pt"
+            f"{clip_weights}: not a complete CLIP text tower (missing: {_abbreviate(result.missing_keys) or 'none'}; "
+            f"unexpected: {_abbreviate(result.unexpected_keys) or 'none'}); give OpenAI's ViT-B-16.pt"
         )
     return encoder.eval()
 
