@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cascadeclip.config import save_yaml
 from cascadeclip.engine.run_directory import RunDirectory
@@ -93,3 +94,32 @@ def test_a_run_folder_written_before_manifests_is_still_a_run(tmp_path):
         train(cfg, tmp_path / "run", progress=False)
     train(cfg, tmp_path / "run", force=True, progress=False)
     assert (tmp_path / "run" / "iter_2.safetensors").is_file()
+
+
+def test_resume_refuses_settings_that_change_what_the_run_computes(config_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", config_file, "--run-dir", run, "train.iters=2")[0] == 0
+    recorded = (run / "config.yaml").read_text()
+    for override, key in (
+        ("model.head.layers=1", "model.head.layers 3 in the run, 1 now"),
+        ("train.lr=0.5", "train.lr"),
+    ):
+        refused(capsys, "train", config_file, "--run-dir", run, "--resume", override, match=key)
+        assert (run / "config.yaml").read_text() == recorded  # the run's record stands
+    # Where the data is read from, how the run is logged, and its length may change.
+    code, out, _ = cli(
+        capsys, "train", config_file, "--run-dir", run, "--resume", "data.num_workers=0", "train.log_interval=3"
+    )
+    assert code == 0 and "finished 6 iterations" in out
+
+
+def test_a_huge_iteration_count_is_planned_without_listing_its_checkpoints(tmp_path):
+    from cascadeclip.distributed import DistInfo
+    from cascadeclip.engine.trainer import prepare_run
+
+    cfg = tiny_config(tmp_path, iters=10**18, checkpoint_interval=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "iter_4.safetensors").write_text("mine")  # a planned checkpoint's name, the user's file
+    (tmp_path / "run" / "iter_5.safetensors").write_text("mine too")  # not one the run writes
+    with pytest.raises(UserError, match=r"not written by cascade-clip \(iter_4.safetensors\)"):
+        prepare_run(cfg, tmp_path / "run", resume=False, force=False, dist_info=DistInfo(0, 1, 0, torch.device("cpu")))

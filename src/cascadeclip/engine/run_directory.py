@@ -24,7 +24,7 @@ import contextlib
 import json
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ..utils import UserError, atomic_write
 from .curves import parse_log_line
 
 _CHECKPOINT = re.compile(r"^iter_(\d+)\.safetensors$")
+_CHECKPOINT_FILE = re.compile(r"^iter_(\d+)\.(safetensors|state\.pt)$")  # weights or training state
 _LOCK_NAME = ".cascadeclip-run.lock"
 
 
@@ -54,6 +55,13 @@ class RunDirectory:
 
     def state_path(self, iteration: int) -> Path:
         return self.path / f"iter_{iteration}.state.pt"
+
+    def _checkpoint_files(self) -> list[tuple[int, Path]]:
+        """(iteration, path) of every file here named as a checkpoint's weights or training state, whoever wrote it
+        (a run's iterations may be too many to list, the files present are few)."""
+        if not self.path.is_dir():
+            return []
+        return [(int(m.group(1)), p) for p in self.path.iterdir() if (m := _CHECKPOINT_FILE.match(p.name))]
 
     def checkpoints(self) -> list[int]:
         """Iterations with both weights and training state written by this run, ascending."""
@@ -74,12 +82,12 @@ class RunDirectory:
             return {}
         return status if isinstance(status, dict) else {}
 
-    def prepare(self, resume: bool, force: bool, planned: Iterable[int] = ()) -> int:
+    def prepare(self, resume: bool, force: bool, planned: Callable[[int], bool] = lambda iteration: False) -> int:
         """Make the folder ready; returns the iteration to resume from (0 for a new run).
 
         A folder holding a run is refused unless `resume` (continue it) or `force` (start over, deleting the run's
-        files); `resume` on a folder without a run is refused too. `planned`: the iterations the run will write
-        checkpoints at, whose names must not be taken by files of the user's.
+        files); `resume` on a folder without a run is refused too. `planned(t)`: whether the run will write a
+        checkpoint at iteration t, whose names must not be taken by files of the user's.
         """
         holds_run = self.holds_run()
         if holds_run and not resume and not force:
@@ -94,7 +102,7 @@ class RunDirectory:
         if resume:
             self.check_resumable()
         files = [self.config, self.log, self.curves, self.status_file, self.kernel_choices]
-        checkpoints = [p for t in planned for p in (self.model_path(t), self.state_path(t))]
+        checkpoints = [p for t, p in self._checkpoint_files() if planned(t)]
         self.manifest.refuse_foreign(files + checkpoints, "--run-dir")
         if force and not resume:
             self.clear()

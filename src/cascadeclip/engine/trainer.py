@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, TrainConfig, save_yaml, validate
+from ..config import Config, TrainConfig, apply_overrides, save_yaml, to_dict, validate
 from ..config.dataset_file import load_dataset, resolved
 from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
@@ -136,16 +136,65 @@ def prepare_run(
     """The run folder, ready (see `RunDirectory.prepare`), with the resolved config saved in it and the log cut back to
     the iteration the run starts from; returns (folder, that iteration), the same on every process."""
     run = RunDirectory(run_dir)
-    tcfg, every = cfg.train, checkpoint_interval(cfg.train)
-    planned = (
-        set(range(every, tcfg.iters + 1, every)) | {tcfg.iters} | {t for t in tcfg.keep_iterations if t <= tcfg.iters}
-    )
+    if resume:  # on every process, before the first one writes the config over
+        check_resumed_config(run.config, cfg)
+
+    def planned(t: int) -> bool:  # a test, not a list: train.iters may be large
+        return 0 < t <= cfg.train.iters and is_checkpoint_iteration(t, cfg.train)
+
     start = run.prepare(resume, force, planned) if dist_info.is_main else 0
     start = int(all_reduce_sum(torch.tensor(start)).item()) if dist_info.world_size > 1 else start
     if dist_info.is_main:
         save_yaml(cfg, run.config)
         run.truncate_log(start)
     return run, start
+
+
+# What a resumed run may change: its length (to train on, the schedule taking the new one from there); where the data
+# is read from; how the run is logged, saved and evaluated; its kernels (float rounding only); and, its weights coming
+# from its own checkpoint, train.init and train.clip_weights.
+CHANGEABLE_ON_RESUME = (
+    "train.iters",
+    "name",
+    "data.",
+    "test.",
+    "train.kernels",
+    "train.log_interval",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.keep_checkpoints",
+    "train.keep_iterations",
+    "train.init",
+    "train.clip_weights",
+)
+
+
+def check_resumed_config(saved: Path, cfg: Config) -> None:
+    """UserError when `cfg` would change what the run that `saved` (its config.yaml) started computes: its model,
+    classes or recipe (anything but CHANGEABLE_ON_RESUME). Resuming it so would make a run of neither setting and
+    write over the record of the first."""
+    if not saved.is_file():
+        return
+    before, now = _flat(to_dict(apply_overrides(Config(), [saved]))), _flat(to_dict(cfg))
+    changed = [key for key in now if now[key] != before.get(key) and not key.startswith(CHANGEABLE_ON_RESUME)]
+    if changed:
+        shown = "; ".join(f"{key} {before.get(key)!r} in the run, {now[key]!r} now" for key in changed[:4])
+        raise UserError(
+            f"--resume: the run in {saved.parent} was started with other settings ({shown}"
+            + (" ..." if len(changed) > 4 else "")
+            + f"). Resume it with its own ({saved}), or start a new run: another --run-dir, or --force"
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def starting_model(cfg: Config, run: RunDirectory, start: int) -> CascadeCLIP:
