@@ -260,3 +260,21 @@ def test_clip_weights_without_part_of_the_text_tower_are_refused_naming_what_is_
         CheckpointError, match=r"not a complete CLIP text tower \(missing: ln_final.bias; unexpected: none"
     ):
         load_text_encoder(tmp_path / "clip.safetensors")
+
+
+def test_damaged_clip_weights_are_refused_without_advice_to_unpickle_them(tmp_path):
+    from cascadeclip.factory import read_openai_clip
+
+    (tmp_path / "ViT-B-16.pt").write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CheckpointError, match="is damaged or holds more than tensors") as refused_file:
+        read_openai_clip(tmp_path / "ViT-B-16.pt")
+    assert "weights_only" not in str(refused_file.value)
+
+
+def test_a_renamed_safetensors_checkpoint_is_read_as_one_not_unpickled(tmp_path, monkeypatch):
+    model = CascadeCLIP(tiny_model_config())
+    save_model(tmp_path / "model.safetensors", model)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model_backup")
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("unpickled"))
+    loaded, _, _ = load_checkpoint(tmp_path / "model_backup")
+    torch.testing.assert_close(loaded.state_dict(), model.eval().state_dict(), rtol=0, atol=0)

@@ -12,7 +12,8 @@ One entry per source of weights:
 - Our files, `read_model_file` / `save_model`: a single `.safetensors` whose metadata holds the model configuration
   and the class set as JSON, so loading them runs no pickle.
 
-`load_checkpoint` loads either kind of Cascade-CLIP checkpoint, telling them apart by the file name's suffix;
+`load_checkpoint` loads either kind of Cascade-CLIP checkpoint, telling them apart by their first bytes (a renamed
+safetensors file is still read as one, never unpickled);
 `load_segmentation_weights` adds the text tower the `Segmenter` needs, and also takes the name of a model on the
 Hugging Face Hub (`resolve_checkpoint`). `save_hub_folder` writes the folder such a model is published from.
 
@@ -125,7 +126,7 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
             stacklevel=2,
         )
     try:
-        if path.suffix == ".safetensors":  # written by `cascade-clip convert`
+        if is_safetensors(path):  # written by `cascade-clip convert`
             state = load_file(str(path))
         else:
             with warnings.catch_warnings():
@@ -134,16 +135,30 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, SafetensorError):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
+        except Exception as err:  # not PyTorch's message, which advises unpickling the file anyway
             raise CheckpointError(
-                f"{path} is neither a TorchScript archive nor a state dict of CLIP weights: {err}"
-            ) from err
+                f"{path} is neither a TorchScript archive nor a state dict of CLIP weights ({type(err).__name__}): it "
+                "is damaged or holds more than tensors; give OpenAI's ViT-B-16.pt or a file of `cascade-clip convert`"
+            ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         raise CheckpointError(f"{path} does not hold OpenAI CLIP ViT weights (no 'visual.conv1.weight' key)")
     state = {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
     check_finite(state, str(path))
     return state
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether `path` is named or laid out as a safetensors file (an 8-byte header length, then a JSON header); a
+    missing `.safetensors` file counts, for its reader to report."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(9), f.seek(0, 2)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
@@ -269,7 +284,7 @@ def load_text_encoder(clip_weights: str | Path) -> TextEncoder:
 
 
 def _is_openai_clip_safetensors(path: Path) -> bool:
-    if path.suffix != ".safetensors":
+    if not is_safetensors(path):
         return False
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -557,7 +572,7 @@ def load_checkpoint(
         (model in eval mode, the class set stored with the weights or None, what was loaded and skipped).
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         cfg, classes, info, tensors = read_model_file(path)
         if not with_text_encoder and cfg.text_encoder is not None:
             cfg = dataclasses.replace(cfg, text_encoder=None)
