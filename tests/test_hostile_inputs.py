@@ -111,3 +111,14 @@ def test_an_overlay_of_a_very_thin_strip():
     labels[:, 1000:] = 1
     picture, _ = segmentation_overlay(Image.new("RGB", (2000, 5)), labels, ["a", "b"], palette(2), None)
     assert picture.width == 2000 and picture.height > 5  # the strip above its legend
+
+
+def test_a_short_side_too_large_for_any_image_is_refused_before_any_image_is_read(tmp_path, capsys):
+    from conftest import tiny_model_config
+
+    with pytest.raises(UserError, match="choose a short side of at most 4096"):
+        Segmenter.with_random_weights(tiny_model_config(with_text=True), device="cpu", short_side=100_000)
+    image = write_image(tmp_path / "x.png")
+    argv = ["segment", image, "--classes", "cat, dog", "--random-weights", "--short-side", "100000"]
+    refused(capsys, *argv, "--out", tmp_path / "out", match="at least 100000x100000 at inference")
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,7 @@ model says "none of these".
 from __future__ import annotations
 
 import dataclasses
+import math
 import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
@@ -165,6 +166,7 @@ class Segmenter:
             ),
             names=PROTOCOL_KEYWORDS,
         )
+        check_short_side(self.protocol.short_side)
         if crop % model.cfg.image_encoder.patch_size:
             raise UserError(f"crop {crop} must be a multiple of the patch size {model.cfg.image_encoder.patch_size}")
         if text_encoder.cfg.output_dim != model.cfg.head.dim:
@@ -372,6 +374,15 @@ def check_background(background: float | None) -> None:
     """UserError unless `background` is None (no background) or a probability strictly between 0 and 1."""
     if background is not None and not 0 < background < 1:
         raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+
+
+def check_short_side(short_side: int) -> None:
+    """UserError when every image would be too large at inference: its short side alone makes short_side^2 pixels."""
+    if short_side**2 > MAX_WORKING_PIXELS:
+        raise UserError(
+            f"a short side of {short_side} makes every image at least {short_side}x{short_side} at inference, too "
+            f"large to hold the scores of every class; choose a short side of at most {math.isqrt(MAX_WORKING_PIXELS)}"
+        )
 
 
 def check_working_size(working: tuple[int, int], size: tuple[int, int], short_side: int) -> None:
