@@ -123,3 +123,11 @@ def test_a_huge_iteration_count_is_planned_without_listing_its_checkpoints(tmp_p
     (tmp_path / "run" / "iter_5.safetensors").write_text("mine too")  # not one the run writes
     with pytest.raises(UserError, match=r"not written by cascade-clip \(iter_4.safetensors\)"):
         prepare_run(cfg, tmp_path / "run", resume=False, force=False, dist_info=DistInfo(0, 1, 0, torch.device("cpu")))
+
+
+def test_resuming_a_finished_run_says_so_and_a_shorter_one_is_refused(config_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", config_file, "--run-dir", run)[0] == 0
+    code, out, _ = cli(capsys, "train", config_file, "--run-dir", run, "--resume")
+    assert code == 0 and "had already finished its 6 iterations; nothing to do" in out and "nan" not in out
+    refused(capsys, "train", config_file, "--run-dir", run, "--resume", "train.iters=4", match="at iteration 6, beyond")

@@ -40,5 +40,11 @@ def run(args: argparse.Namespace) -> int:
             result = train(cfg, run_dir, resume=args.resume, force=args.force, device=args.device)
     finally:
         cleanup()
-    print(f"finished {result.iteration} iterations; last loss {result.last_loss:.4f}; weights: {result.checkpoint}")
+    if result.start == result.iteration:
+        print(
+            f"the run had already finished its {result.iteration} iterations; nothing to do (raise train.iters to "
+            f"train on); weights: {result.checkpoint}"
+        )
+    else:
+        print(f"finished {result.iteration} iterations; last loss {result.last_loss:.4f}; weights: {result.checkpoint}")
     return 0

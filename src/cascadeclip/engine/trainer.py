@@ -54,9 +54,10 @@ HEADLINE_METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "aAcc")
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
-    iteration: int
-    last_loss: float
+    checkpoint: Path  # the weights at `iteration`
+    iteration: int  # the run's last iteration, train.iters
+    last_loss: float  # NaN when no step was left to run
+    start: int  # the iteration this call started from (a resumed run's checkpoint; `iteration` if it had finished)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,6 +145,11 @@ def prepare_run(
 
     start = run.prepare(resume, force, planned) if dist_info.is_main else 0
     start = int(all_reduce_sum(torch.tensor(start)).item()) if dist_info.world_size > 1 else start
+    if start > cfg.train.iters:
+        raise UserError(
+            f"--resume: the run in {run.path} is at iteration {start}, beyond train.iters ({cfg.train.iters}); give "
+            f"train.iters={start} or more, or start a new run"
+        )
     if dist_info.is_main:
         save_yaml(cfg, run.config)
         run.truncate_log(start)
@@ -505,4 +511,4 @@ def train(
         if is_checkpoint_iteration(done, tcfg):
             last_checkpoint = save_checkpoint(run, done, model, optimizer, scaler, cfg, dist_info)
     bar.close()
-    return TrainResult(last_checkpoint, tcfg.iters, last_loss)
+    return TrainResult(last_checkpoint, tcfg.iters, last_loss, start)
