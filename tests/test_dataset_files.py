@@ -295,6 +295,16 @@ def test_unreadable_dataset_files_are_reported(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_yaml_syntax_error_in_a_dataset_file_names_its_line_and_column(tmp_path):
+    path = write_dataset_file(tmp_path, "folder: mine\nsplits: {val: [a\n")
+    with pytest.raises(DatasetFileError) as err:
+        load_dataset(path)
+    assert str(err.value) == (
+        f"dataset file {path}: cannot be read as YAML (line 3, column 1: expected ',' or ']', but got "
+        "'<stream end>' (while parsing a flow sequence at line 2, column 15))"
+    )
+
+
 def test_a_folder_named_as_a_dataset_file_is_reported(tmp_path):
     folder = tmp_path / "mine.yaml"
     folder.mkdir()

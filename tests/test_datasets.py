@@ -224,3 +224,23 @@ def test_check_data_decode_images_finds_truncated_files(tmp_path, capsys):
     capsys.readouterr()
     assert main([*check, "--decode-images"]) == 1
     assert "v2.jpg cannot be read" in capsys.readouterr().out
+
+
+def test_check_data_reports_an_empty_split(tmp_path, capsys):
+    make_voc(tmp_path, {"train": ["t1"], "aug": ["a1"], "val": ["v1"]})
+    val_list = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+    val_list.write_text("\n")
+    assert main(["check-data", "--data-root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"train +2 listed +2 images +2 labels +ok", out)
+    assert f"val    PROBLEM: the val split is empty: split file {val_list} lists no image ids" in out
+    assert "problems found" in out and "complete and valid" not in out
+
+
+def test_check_data_reports_an_empty_image_folder(tmp_path, capsys):
+    make_coco(tmp_path, {"val": ["c1"]})
+    image = tmp_path / "coco_stuff164k" / "images" / "val2017" / "c1.jpg"
+    image.unlink()
+    (tmp_path / "coco_stuff164k" / "annotations" / "val2017" / "c1_labelTrainIds.png").unlink()
+    assert main(["check-data", "--data-root", str(tmp_path), "--split", "val"]) == 1
+    assert f"image folder {image.parent} holds no *.jpg files" in capsys.readouterr().out

@@ -3,11 +3,13 @@ named."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from cascadeclip.config import Config, ConfigError, TrainConfig, validate
+from cascadeclip.config import Config, ConfigError, TrainConfig, apply_overrides, validate
 from cascadeclip.config.presets import resolve_config
 from cascadeclip.utils import UserError
 
@@ -163,3 +165,28 @@ def test_a_problem_across_keys_names_the_keys_as_written_in_a_yaml_file(tmp_path
     line = refused(capsys, "train", path, "--run-dir", tmp_path / "r", match="mine.yaml: ")
     assert "test.short_side (100) must be at least test.crop_size (512) in slide mode" in line
     assert "model.head.heads (3) must divide model.head.dim (512)" in line
+
+
+def test_clip_weights_with_a_random_start_are_refused_naming_both_keys(tmp_path, capsys):
+    override = ["train.init=random", "train.clip_weights=/some.pt"]
+    message = "train.clip_weights (/some.pt) is not read when train.init is random: set train.init=clip"
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_config("voc-inductive", override)
+    refused(capsys, "train", "voc-inductive", *override, "--run-dir", tmp_path / "run", match=message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_clip_weights_stay_allowed_where_they_are_read_or_harmless():
+    resolve_config("voc-inductive", ["train.init=random"])  # the default file, left alone: smoke tests
+    resolve_config("voc-inductive", ["train.clip_weights=/some.pt"])  # read by the CLIP start
+    resolve_config("voc-transductive", ["train.clip_weights=/some.pt"])  # a checkpoint start, as the world demo's
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: voc-inductive\ntrain:\n  betas: [0.9, 0.99\n  iters: 5\n")
+    where = "line 4, column 8: expected ',' or ']', but got ':' (while parsing a flow sequence at line 3, column 10)"
+    refused(capsys, "train", path, "--run-dir", tmp_path / "r", match=f"cannot read config file {path}: {where}")
+    with pytest.raises(ValueError) as error:  # a run's saved config.yaml, read back when it is resumed
+        apply_overrides(Config(), [path])
+    assert str(error.value) == f"cannot read config file {path}: {where}"

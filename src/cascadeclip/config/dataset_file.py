@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from ..utils import UserError
-from .schema import ClassesConfig, Config, merge
+from .schema import ClassesConfig, Config, describe_yaml_error, merge
 
 BUILTIN_DIR = Path(__file__).with_name("datasets")
 # In the order `cascade-clip check-data` looks for them: the training benchmarks first.
@@ -133,7 +133,9 @@ def load_dataset(dataset: str | Path | DatasetSpec) -> DatasetSpec:
     path = dataset_path(dataset)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
+        raise DatasetFileError(path, f"cannot be read as YAML ({describe_yaml_error(err)})") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise DatasetFileError(path, f"cannot be read as YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise DatasetFileError(path, f"must hold a mapping of keys (folder, splits, classes, ...), got {data!r}")

@@ -45,6 +45,7 @@ from .schema import (
     TestConfig,
     TrainConfig,
     apply_overrides,
+    describe_yaml_error,
     merge,
     nested,
     parse_override,
@@ -213,7 +214,9 @@ def resolve_config(
         raise UserError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
+        raise UserError(f"cannot read config file {path}: {describe_yaml_error(err)}") from err
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from err
     if data is None:
         raise UserError(f"config file {path} is empty; give `preset: NAME` and the sections to change (model:, ...)")

@@ -337,6 +337,22 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested(key, value)
 
 
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """PyYAML's several-line message in one line, with where the text went wrong and, when PyYAML knows it, where
+    the construct that it was reading began (a bracket left open is reported where the text runs on past it)."""
+    if getattr(err, "problem_mark", None) is None:
+        return " ".join(str(err).split())
+    text = f"{_yaml_position(err.problem_mark)}: {err.problem or 'not valid YAML'}"
+    if err.context:
+        begun = f" at {_yaml_position(err.context_mark)}" if err.context_mark else ""
+        text += f" ({err.context}{begun})"
+    return text
+
+
+def _yaml_position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"  # PyYAML counts from 0, editors from 1
+
+
 def nested(key: str, value: Any) -> dict[str, Any]:
     """'train.iters', 100 -> {'train': {'iters': 100}}: the updates `merge` takes to set one key."""
     for part in reversed(key.strip().split(".")):
@@ -349,7 +365,9 @@ def apply_overrides(cfg: Any, yaml_files: list[Path] = (), overrides: list[str] 
     for path in yaml_files:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        except yaml.YAMLError as err:
+            raise ValueError(f"cannot read config file {path}: {describe_yaml_error(err)}") from err
+        except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
@@ -442,6 +460,9 @@ class DataConfig:
     num_workers: int = checked(4, NON_NEGATIVE)
 
 
+OPENAI_CLIP_FILE = "ViT-B-16.pt"  # train.clip_weights unless a configuration names another file
+
+
 @dataclass
 class TrainConfig:
     """The authors' recipe: AdamW at 2e-4 for every trainable parameter, poly decay after warm-up (docs/method.md,
@@ -478,7 +499,7 @@ class TrainConfig:
     # otherwise the path of a Cascade-CLIP checkpoint whose weights (only) are loaded, as the transductive runs
     # start from the inductive run at half its schedule.
     init: str = "clip"
-    clip_weights: str = "ViT-B-16.pt"
+    clip_weights: str = OPENAI_CLIP_FILE
     seed: int = checked(0, NON_NEGATIVE)
     checkpoint_interval: int = checked(0, NON_NEGATIVE)  # 0: every iters / 10, as the reference
     keep_checkpoints: int = checked(3, NON_NEGATIVE)  # 0: keep every checkpoint
@@ -495,6 +516,13 @@ class TrainConfig:
             found.append(f"{name('scale')} and {name('betas')} hold two values each")
         if self.min_lr > self.lr:
             found.append(f"{name('min_lr')} ({self.min_lr}) must not exceed {name('lr')} ({self.lr})")
+        # Only a CLIP start reads the CLIP file; a random start would drop a file the user named without a word.
+        # (A checkpoint start may keep one: the world demo names it for both of its runs.)
+        if self.init == "random" and self.clip_weights not in ("", OPENAI_CLIP_FILE):
+            found.append(
+                f"{name('clip_weights')} ({self.clip_weights}) is not read when {name('init')} is random: set "
+                f"{name('init')}=clip to start from those weights, or drop {name('clip_weights')}"
+            )
         return found
 
 

@@ -76,6 +76,9 @@ def check_split(
     except UserError as err:
         report.error = str(err)
         return report
+    if not samples:
+        report.error = _empty_split_message(spec, root, split)
+        return report
     report.listed = len(samples)
     check = partial(check_sample, dataset=spec, decode_images=decode_images)
     bar = partial(tqdm, total=len(samples), desc=f"{spec.name} {split}", unit="file", leave=False, disable=not progress)
@@ -109,3 +112,15 @@ def _labels_without_images(dataset: DatasetSpec, root: str | None, split: str, s
             names = files_with_suffix(label_dir, dataset.label_suffix, source.recursive)
             unmatched += sorted(str(label_dir / f"{n}{dataset.label_suffix}") for n in names if n not in listed)
     return unmatched
+
+
+def _empty_split_message(dataset: DatasetSpec, root: str | None, split: str) -> str:
+    """Why `split` has no samples, naming where its image ids come from: training or testing on it would fail."""
+    base = dataset_folder(dataset, root)
+    places = [
+        f"split file {base / source.split_file} lists no image ids (write them there, one per line)"
+        if source.split_file
+        else f"image folder {base / source.images} holds no *{dataset.image_suffix} files (put the images there)"
+        for source in dataset.sources(split)
+    ]
+    return f"the {split} split is empty: {'; '.join(places)}; or check only the other splits with --split"
