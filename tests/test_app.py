@@ -161,3 +161,13 @@ def test_the_command_refuses_a_port_in_use_before_loading_anything(capsys):
         assert main(["app", "--random-weights", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"cannot serve on 127.0.0.1:{port}" in err and "Traceback" not in err and "RANDOM" not in err
+
+
+def test_a_host_that_does_not_resolve_is_named_with_the_resolvers_reason(capsys, monkeypatch):
+    def unresolved(address):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_server", unresolved)  # no name service is asked: the machine may have none
+    assert main(["app", "--random-weights", "--host", "nosuchhost.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot serve on nosuchhost.invalid:7860 (Name or service not known)" in err and "Unknown error" not in err

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cascadeclip.config.presets import get_preset
-from cascadeclip.factory import save_model
+from cascadeclip.factory import read_openai_clip, save_model
 from cascadeclip.manifest import MANIFEST_NAME
 from cascadeclip.modeling.cascade_clip import CascadeCLIP
 from cascadeclip.outputs import check_output_file, check_output_folder
@@ -22,6 +22,8 @@ from cascadeclip.utils import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, UserError, ato
 
 from conftest import tiny_model_config
 from hostile import cli, refused, write_image
+from test_factory import make_openai_archive
+from tiny_datasets import make_voc
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +70,7 @@ def test_segment_rerun_into_the_input_folder_skips_its_own_outputs(tiny_checkpoi
     write_image(folder / "cat.png")
     assert cli(capsys, *segment(tiny_checkpoint, folder, "--out", folder))[0] == 0
     code, out, err = cli(capsys, *segment(tiny_checkpoint, folder, "--out", folder))
-    assert code == 0 and "segmented 1 image(s)" in out and "1 already done" in out
+    assert code == 0 and "segmented 0 of 1 image(s)" in out and "1 already done" in out
     written = json.loads((folder / MANIFEST_NAME).read_text())["files"]
     assert written == ["cat.json", "cat_labels.png", "cat_overlay.png"]
 
@@ -118,6 +120,16 @@ def test_a_copy_that_keeps_size_and_modification_time_is_not_taken_as_done(tiny_
     assert "1 already done" in cli(capsys, *segment(weights, image, "--out", out))[1]  # unchanged now: skipped
 
 
+def test_a_rerun_counts_only_the_images_it_segmented_now(tiny_checkpoint, tmp_path, capsys):
+    folder, out = tmp_path / "d", tmp_path / "out"
+    write_image(folder / "cat.png")
+    code, printed, _ = cli(capsys, *segment(tiny_checkpoint, folder, "--out", out))
+    assert code == 0 and f"segmented 1 image(s) into {out}:" in printed  # nothing skipped: no "of"
+    write_image(folder / "dog.png", seed=3)
+    code, printed, _ = cli(capsys, *segment(tiny_checkpoint, folder, "--out", out))
+    assert code == 0 and f"segmented 1 of 2 image(s) into {out} (1 already done, skipped):" in printed
+
+
 def test_a_damaged_manifest_stops_before_anything_is_overwritten(tiny_checkpoint, tmp_path, capsys):
     image, out = write_image(tmp_path / "cat.png"), tmp_path / "out"
     assert cli(capsys, *segment(tiny_checkpoint, image, "--out", out))[0] == 0
@@ -162,6 +174,7 @@ def test_convert_test_bench_demo_outputs_unusable(tiny_checkpoint, tmp_path, afi
     refused(capsys, *test, "--show-dir", afile, match="is a file, not a folder")
     refused(capsys, "bench", "voc-inductive", "--json", tmp_path, match="is a folder")
     refused(capsys, "bench", "voc-inductive", "--json", afile / "b.json", match="afile is a file")
+    refused(capsys, "bench", "voc-inductive", "--json", afile, match="exists; pass --overwrite to replace it")
     refused(capsys, "demo", "--out", afile, match="is a file, not a folder")
     refused(capsys, "demo", "--cache", afile, match="is a file, not a folder")
     refused(capsys, "train", "voc-inductive", "--run-dir", afile, match="is a file, not a folder")
@@ -242,3 +255,37 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path):
     with pytest.raises(UserError, match="no space left to write .*results.json"):
         atomic_write(target, write)
     assert target.read_text() == "old" and not leftovers(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# convert and test: an existing output file is replaced only when --overwrite asks for it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_convert_refuses_to_replace_an_existing_file_without_overwrite(tiny_checkpoint, tmp_path, capsys):
+    source, victim = tmp_path / "tiny-clip.pt", tmp_path / "victim.safetensors"
+    make_openai_archive(source)
+    shutil.copy(tiny_checkpoint, victim)  # a trained checkpoint of the user's
+    message = f"output {victim} exists; pass --overwrite to replace it"
+    refused(capsys, "convert", source, victim, match=message)
+    refused(capsys, "convert", tmp_path / "missing.pth", victim, match=message)  # checked before the source is read
+    assert victim.read_bytes() == tiny_checkpoint.read_bytes()
+    assert cli(capsys, "convert", source, victim, "--overwrite")[0] == 0
+    assert read_openai_clip(victim).keys() == read_openai_clip(source).keys()
+
+
+def test_test_refuses_to_replace_an_existing_out_file_without_overwrite(tiny_checkpoint, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's")
+    message = f"--out {notes} exists; pass --overwrite to replace it"
+    missing = ["--checkpoint", tmp_path / "none.safetensors", "--data-root", tmp_path / "none"]
+    # Checked before the checkpoint or the data is looked at: neither exists here.
+    refused(capsys, "test", "voc-inductive", *missing, "--out", notes, match=message)
+    refused(capsys, "test", "--suite", "ov", tmp_path / "none.safetensors", "--out", notes, match=message)
+    assert notes.read_text() == "the user's"
+
+    make_voc(tmp_path / "data", {"val": ["a"]})
+    fast = ["test.short_side=64", "test.crop_size=64", "test.stride=48", "--device", "cpu"]
+    argv = ["test", "voc-inductive", "--checkpoint", tiny_checkpoint, "--data-root", tmp_path / "data", *fast]
+    assert cli(capsys, *argv, "--out", notes, "--overwrite")[0] == 0
+    assert json.loads(notes.read_text())["images"] == 1

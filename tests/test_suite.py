@@ -58,7 +58,8 @@ def test_suite_evaluates_the_sets_present_and_names_those_absent(tmp_path, check
     single = tmp_path / "single.json"
     for row in record["sets"]:
         argv = ["test", f"coco-to-{row['set']}", "--checkpoint", str(checkpoint), "--data-root", str(root)]
-        assert main([*argv, "--out", str(single), "--workers", "0", *FAST]) == 0
+        # --overwrite: each set's results replace the previous set's
+        assert main([*argv, "--out", str(single), "--overwrite", "--workers", "0", *FAST]) == 0
         alone = json.loads(single.read_text())
         assert (alone["mIoU"], alone["per_class"]) == (row["mIoU"], row["per_class"]), row["set"]
     capsys.readouterr()

@@ -31,15 +31,20 @@ def check_name(name: str, what: str) -> None:
         )
 
 
-def check_output_file(path: str | Path, what: str, inputs: dict[str, str | Path | None] | None = None) -> Path:
+def check_output_file(
+    path: str | Path, what: str, inputs: dict[str, str | Path | None] | None = None, overwrite: bool = False
+) -> Path:
     """`path` as a Path when a file can be written there (atomically: a temporary file beside it, then a rename);
-    UserError naming `what` (e.g. "--out") otherwise, or when it is one of the command's `inputs` (what each is
-    called -> its path), which the write would replace."""
+    UserError naming `what` (e.g. "--out") otherwise: when it is one of the command's `inputs` (what each is called ->
+    its path), which the write would replace, or when it exists and the user did not ask to `overwrite` it (it may
+    be their own file, or a result to keep)."""
     path = Path(path).expanduser()
     _check_names(path, what)
     for name, source in (inputs or {}).items():
         if source is not None and path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
             raise UserError(f"{what} {path} is {name} itself, which writing it would replace; give another name")
+    if path.is_file() and not overwrite:
+        raise UserError(f"{what} {path} exists; pass --overwrite to replace it")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the name of a file to write")
     if path.exists() and not path.is_file():  # the rename of a new file would replace the device or pipe itself

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import socket
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ def check_address(host: str, port: int) -> None:
             pass
     except OSError as err:
         raise UserError(
-            f"cannot serve on {host}:{port} ({os.strerror(err.errno)}); choose another --port or --host"
+            f"cannot serve on {host}:{port} ({err.strerror or err}); choose another --port or --host"
         ) from None
 
 

@@ -79,13 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true", help="time the reference computation, not the fast path")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--json", dest="json_file", help="also write the results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.images <= args.warmup:
         raise UserError(f"--images ({args.images}) must exceed --warmup ({args.warmup})")
     if args.json_file:
-        check_output_file(args.json_file, "--json", {"the configuration file": args.config})
+        check_output_file(args.json_file, "--json", {"the configuration file": args.config}, args.overwrite)
     cfg = resolve_config(args.config, args.overrides)
     if not cfg.classes.names:
         raise UserError(f"configuration {args.config!r} has no classes (classes.names); FLOPs depend on their number")

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="configuration the checkpoint was trained with (default: recognised from its shapes); stored with it",
     )
     parser.add_argument("--no-text-encoder", action="store_true", help="drop the CLIP text tower from the output")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output .safetensors file if it exists")
 
 
 def _convert_clip(args: argparse.Namespace) -> bool:
@@ -69,7 +70,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.output is not None and args.output.suffix != ".safetensors":
         raise UserError(f"output {args.output} must end in .safetensors")
     if args.output is not None:
-        check_output_file(args.output, "output", {"the source": args.source})
+        check_output_file(args.output, "output", {"the source": args.source}, args.overwrite)
     if args.hub_dir is not None:
         check_output_folder(args.hub_dir, "--hub-dir")
         if args.hub_dir.exists() and any(args.hub_dir.iterdir()):

@@ -38,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".onnx":
         raise UserError(f"output {args.output} must end in .onnx")
-    check_output_file(args.output, "output")
-    if args.output.exists() and not args.overwrite:
-        raise UserError(f"{args.output} exists; pass --overwrite to replace it")
+    check_output_file(args.output, "output", overwrite=args.overwrite)
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint {args.checkpoint} not found. {WEIGHTS_HELP}")
     require_packages(EXPORT_PACKAGES)

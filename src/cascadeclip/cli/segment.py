@@ -413,16 +413,17 @@ def _segment(args: argparse.Namespace, names: list[str], info: DistInfo) -> int:
     if not info.is_main:
         return 0
     done = sum(skipped for _, skipped, _ in shares)
+    segmented = len(images) - done
+    now_of_all = f"{segmented} of {len(images)}" if done else f"{len(images)}"  # the skipped were not segmented now
     skipped = f" ({done} already done, skipped)" if done else ""
     split = ""
     if info.world_size > 1:
         counts = ", ".join(f"{count} in process {rank}" for rank, (count, _, _) in enumerate(shares))
         split = f" over {info.world_size} processes ({counts})"
     rates = [r for _, _, r in shares if r is not None]
-    segmented = len(images) - done
     speed = f"; {sum(rates):.3f} images/s" if rates and segmented > 1 else ""  # as the progress bar: not for one
     print(
-        f"segmented {len(images)} image(s){split} into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
+        f"segmented {now_of_all} image(s){split} into {args.out}{skipped}: *_labels.png, *_overlay.png, *.json"
         + (", *_scores.npz" if args.scores else "")
         + speed
         + (". The weights were RANDOM: the labels are meaningless" if args.random_weights else "")

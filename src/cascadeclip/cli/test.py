@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     parser.add_argument("--show-dir", type=Path, help="write image | ground truth | prediction pictures here")
     parser.add_argument(
         "--clip-weights",
@@ -100,7 +101,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
             "--clip-weights": args.clip_weights,
             "the CONFIG argument": args.config,
         }
-        check_output_file(args.out, "--out", inputs)
+        check_output_file(args.out, "--out", inputs, args.overwrite)
     if args.show_dir:
         check_output_folder(args.show_dir, "--show-dir")
         if args.out and Path(args.out).resolve() == Path(args.show_dir).resolve():
