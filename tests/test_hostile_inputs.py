@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -114,11 +115,65 @@ def test_an_overlay_of_a_very_thin_strip():
 
 
 def test_a_short_side_too_large_for_any_image_is_refused_before_any_image_is_read(tmp_path, capsys):
-    from conftest import tiny_model_config
-
     with pytest.raises(UserError, match="choose a short side of at most 4096"):
-        Segmenter.with_random_weights(tiny_model_config(with_text=True), device="cpu", short_side=100_000)
+        random_segmenter(short_side=100_000)
     image = write_image(tmp_path / "x.png")
     argv = ["segment", image, "--classes", "cat, dog", "--random-weights", "--short-side", "100000"]
     refused(capsys, *argv, "--out", tmp_path / "out", match="at least 100000x100000 at inference")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Python API: values of the wrong kind are refused at the call, in our words
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def random_segmenter(**keywords) -> Segmenter:
+    from conftest import tiny_model_config
+
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        return Segmenter.with_random_weights(tiny_model_config(with_text=True), device="cpu", **keywords)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return random_segmenter(mode="whole")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s, image: s.predict(image, [None, "cat"]), "class name number 1 of 2 is a NoneType, not a string"),
+        (lambda s, image: s.predict(image, {"cat", "dog"}), "a set has no order"),
+        (lambda s, image: s.predict(image, ["cat", "dog"], background="0.5"), "got '0.5'"),
+        (lambda s, image: s.predict(image, ["cat", "dog"], background=[0.5]), "got [0.5]"),
+        (lambda s, image: s.predict(image, ["cat", "background"], background=0.5), "a class is named 'background'"),
+        (lambda s, image: s.predict(image, ["cat", "dog"], scores_dtype=np.uint8), "must be a NumPy float type"),
+        (lambda s, image: s.predict(image, ["cat", "dog"], scores_dtype="bogus"), "must be a NumPy float type"),
+        (lambda s, image: s.predict(b"bytes", ["cat", "dog"]), "got bytes"),
+        (lambda s, image: s.predict_many([], ["cat"], scores_dtype=int), "must be a NumPy float type"),
+    ],
+)
+def test_api_values_of_the_wrong_kind_are_refused_at_the_call(segmenter, call, message):
+    image = np.zeros((40, 50, 3), dtype=np.uint8)
+    with pytest.raises(UserError, match=re.escape(message)):
+        call(segmenter, image)
+
+
+def test_an_image_of_none_without_a_set_image_is_refused():
+    with pytest.raises(UserError, match="no image to segment"):
+        random_segmenter(mode="whole").predict(None, ["cat", "dog"])
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"crop": "64"}, "crop must be a whole number, got '64'"),
+        ({"stride": 10.5}, "stride must be a whole number, got 10.5"),
+        ({"short_side": True}, "short_side must be a whole number, got True"),
+        ({"bf16": "no"}, "bf16 must be True or False, got 'no'"),
+    ],
+)
+def test_segmenter_settings_of_the_wrong_type_are_refused(keywords, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        random_segmenter(**keywords)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
@@ -75,7 +76,17 @@ def check_class_names(names: list[str] | tuple[str, ...]) -> list[str]:
             f"candidate labels must be a list of names, not the string {names!r}; "
             "use parse_class_names for a comma-separated string"
         )
-    names = [str(n).strip() for n in names]
+    if isinstance(names, (set, frozenset)):
+        raise UserError("give the class names as a list: a set has no order, and the labels number them in order")
+    names = list(names)
+    not_text = [i for i, n in enumerate(names) if not isinstance(n, str)]
+    if not_text:
+        i = not_text[0]
+        raise UserError(
+            f"class name number {i + 1} of {len(names)} is a {type(names[i]).__name__}, not a string; give the names "
+            "as strings (an image among them? images go first: predict(image, names))"
+        )
+    names = [n.strip() for n in names]
     if not names:
         raise UserError('no class names given; name at least one class, e.g. "cat, dog, grass"')
     empty = [i + 1 for i, n in enumerate(names) if not n]
@@ -154,6 +165,10 @@ class Segmenter:
         cache_dir: str | Path | None = None,
         keep_freed_memory: bool = False,
     ):
+        check_whole_numbers(short_side=short_side, crop=crop, stride=stride, window_batch=window_batch)
+        for name, flag in (("bf16", bf16), ("keep_freed_memory", keep_freed_memory)):
+            if not isinstance(flag, bool):
+                raise UserError(f"{name} must be True or False, got {flag!r}")
         crop = model.cfg.image_encoder.image_size if crop is None else crop
         # The inference settings as a test protocol, so that they are checked by the configuration's rules.
         self.protocol = validate(
@@ -270,7 +285,8 @@ class Segmenter:
             background: if given, pixels where no name's probability reaches it are labelled 255 (background).
         """
         image, names = self._image_and_names(image, candidate_labels)
-        check_background(background)
+        check_background(background, names)
+        check_scores_dtype(scores_dtype)
         if image is not None:
             rgb = load_image(image)
             items = [(None, self.preprocess(rgb), (rgb.height, rgb.width))]
@@ -296,9 +312,15 @@ class Segmenter:
             images: (key, (1, 3, h, w) tensor made by `preprocess`, (H, W) size of the prediction) per image; the
                 key is anything that identifies the image to the caller.
             candidate_labels, background, scores, scores_dtype: as for `predict`.
+
+        The names and settings are checked at the call, before any image is taken.
         """
         names = check_class_names(candidate_labels)
-        check_background(background)
+        check_background(background, names)
+        check_scores_dtype(scores_dtype)
+        return self._predictions(images, names, background, scores, scores_dtype)
+
+    def _predictions(self, images, names: list[str], background, scores: bool, scores_dtype) -> Iterator:
         text = self.class_embeddings(names).to(self.device)
         waiting: dict[int, tuple[object, tuple[int, int]]] = {}  # key and prediction size of the images in flight
 
@@ -350,6 +372,8 @@ class Segmenter:
         """(image, checked names) of a call `f(image, names)`, or (None, names) of a call `f(names)` after
         `set_image`."""
         if candidate_labels is not None:
+            if image is None and self._encoded is None:
+                raise UserError("no image to segment: call predict(image, candidate_labels), or set_image(image) first")
             return image, check_class_names(candidate_labels)
         if not isinstance(image, (list, tuple)):
             raise UserError(
@@ -370,10 +394,40 @@ class Segmenter:
         return test_image_tensor(image, self.short_side)
 
 
-def check_background(background: float | None) -> None:
-    """UserError unless `background` is None (no background) or a probability strictly between 0 and 1."""
-    if background is not None and not 0 < background < 1:
-        raise UserError(f"the background threshold must be a probability between 0 and 1, got {background}")
+def check_background(background: float | None, names: list[str] = ()) -> None:
+    """UserError unless `background` is None (no background) or a probability strictly between 0 and 1, and no name
+    is the background's."""
+    if background is None:
+        return
+    if BACKGROUND_NAME in (name.casefold() for name in names):
+        raise UserError(f"a class is named {BACKGROUND_NAME!r} and a background threshold is set; drop one of them")
+    if isinstance(background, (str, bytes, bool)) or not _is_number(background) or not 0 < float(background) < 1:
+        raise UserError(f"the background threshold must be a probability between 0 and 1, got {background!r}")
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_whole_numbers(**values: object) -> None:
+    """UserError naming the first of `values` (name -> value; None: the default) that is not a whole number."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+
+
+def check_scores_dtype(dtype: object) -> None:
+    """UserError unless `dtype` names a NumPy float type: probabilities in an integer type would all be 0."""
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        kind = None
+    if kind != "f":
+        raise UserError(f"scores_dtype must be a NumPy float type (np.float16, np.float32, np.float64), got {dtype!r}")
 
 
 def check_short_side(short_side: int) -> None:

@@ -34,7 +34,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
     if isinstance(source, Image.Image):
         return _check_not_empty(to_rgb(upright(source, "the image")), "the image")
     if not isinstance(source, (str, Path)):
-        raise TypeError(f"expected an image path, a PIL image or a numpy array, got {type(source).__name__}")
+        raise UserError(f"expected an image path, a PIL image or a numpy array, got {type(source).__name__}")
     path = Path(source).expanduser()
     try:
         with Image.open(path) as image:
