@@ -16,6 +16,7 @@ from cascadeclip.factory import (
     create_model,
     load_checkpoint,
     load_state,
+    load_text_encoder,
     read_openai_clip,
     save_model,
     save_openai_archive,
@@ -196,3 +197,15 @@ def test_convert_errors_are_one_line_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "junk.pth" in err and "Traceback" not in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_loading_weights_leaves_the_callers_random_stream_where_it_was(tmp_path):
+    save_model(tmp_path / "model.safetensors", CascadeCLIP(tiny_model_config(with_text=True)))
+    make_openai_archive(tmp_path / "clip.pt")
+    authors_layout_file(CascadeCLIP(tiny_model_config(prompt_tokens=10)), tmp_path / "voc.pth")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    load_checkpoint(tmp_path / "model.safetensors")
+    load_checkpoint(tmp_path / "voc.pth")
+    load_text_encoder(tmp_path / "clip.pt")
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -22,6 +22,7 @@ Loading `.pt`/`.pth` files unpickles them, which can run code: only load files y
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -161,6 +162,13 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
+def unseeded_build() -> contextlib.AbstractContextManager:
+    """Around building a module whose weights a file then replaces: its initial weights are drawn from a copy of the
+    global random generator, so that loading weights leaves the caller's random stream (a seeded run's dropout,
+    augmentation or sampling) where it was."""
+    return torch.random.fork_rng(devices=[])
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """CheckpointError when any floating-point tensor holds NaN (a damaged file, or a diverged run). Infinity is
     allowed: attention masks hold -inf on purpose."""
@@ -269,7 +277,8 @@ def load_text_encoder(clip_weights: str | Path) -> TextEncoder:
     try:
         cfg = ModelConfig(text_encoder=text_config_from_clip(text_only))
         state = {k.removeprefix("text_encoder."): v for k, v in clip_to_cascade_state(text_only, cfg).items()}
-        encoder = TextEncoder(cfg.text_encoder)
+        with unseeded_build():
+            encoder = TextEncoder(cfg.text_encoder)
         result = encoder.load_state_dict(state, strict=False)  # sizes come from the file, so only names can differ
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(
@@ -404,7 +413,8 @@ def model_from_authors_state(
     it, head counts are width / 64). The text tower is kept when asked for and present in the file.
     """
     cfg = _model_config_from_authors_state(state, base, with_text_encoder)
-    model = CascadeCLIP(cfg)
+    with unseeded_build():
+        model = CascadeCLIP(cfg)
     return model.eval(), load_state(model, state, source)
 
 
@@ -577,7 +587,8 @@ def load_checkpoint(
         if not with_text_encoder and cfg.text_encoder is not None:
             cfg = dataclasses.replace(cfg, text_encoder=None)
             tensors = {k: v for k, v in tensors.items() if not k.startswith("text_encoder.")}
-        model = CascadeCLIP(cfg)
+        with unseeded_build():
+            model = CascadeCLIP(cfg)
         report = load_state(model, tensors, str(path))
         return model.eval(), classes, report
     state, meta = read_authors_checkpoint(path)
