@@ -156,6 +156,17 @@ def test_the_segmenter_changes_the_process_only_when_asked(monkeypatch, tmp_path
         assert bool(mallopt_calls) is asked  # the allocator is changed when asked for, and only then
 
 
+def test_importing_the_library_leaves_the_environment_and_warning_filters_as_they_were():
+    # In a fresh interpreter: open_clip, which the library builds on, sets variables and a filter when first imported.
+    probe = (
+        "import os, warnings, torch; environment, filters = dict(os.environ), list(warnings.filters); "
+        "import cascadeclip.segmenter, cascadeclip.world.shipped; "
+        "print(dict(os.environ) == environment, warnings.filters == filters)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"], result.stdout + result.stderr
+
+
 def test_the_command_line_tunes_its_own_process_and_loads_pytorch_after_choosing_huge_pages(monkeypatch):
     # PyTorch reads THP_MEM_ALLOC_ENABLE once, when it loads: importing the entry point must not load it.
     probe = "import sys, cascadeclip.cli.main; print('torch' in sys.modules)"

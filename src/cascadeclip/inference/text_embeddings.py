@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.tokenizer import tokenize
 
 from ..modeling.text_encoder import TextEncoder
+from ..open_clip_parts import tokenize
 from ..utils import CACHE_ENV, UserError, atomic_write
 
 SINGLE_TEMPLATE = ("a photo of a {}",)  # no trailing period, as in voc12_single.npy

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock
+
+from ..open_clip_parts import ResidualAttentionBlock
 
 
 def block_forward(

@@ -10,10 +10,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU, Transformer
 from torch import nn
 
 from ..config import ImageEncoderConfig
+from ..open_clip_parts import QuickGELU, Transformer
 from .clip_block import block_forward
 
 

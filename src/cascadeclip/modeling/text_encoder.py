@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU, Transformer
 from torch import nn
 
 from ..config import TextEncoderConfig
+from ..open_clip_parts import QuickGELU, Transformer
 from .clip_block import block_forward
 
 

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from open_clip.tokenizer import tokenize
 from tqdm import tqdm
 
 from ..config.class_names import WORLD_CLASSES, WORLD_UNSEEN
 from ..data.transforms import normalize
 from ..inference.text_embeddings import SINGLE_TEMPLATE
+from ..open_clip_parts import CLIP, CLIPTextCfg, CLIPVisionCfg, tokenize
 from .scenes import render_scene, scene_rng, single_object, texture
 
 

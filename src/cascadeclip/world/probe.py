@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 
 from ..config import ImageEncoderConfig
 from ..config.class_names import WORLD_CLASSES, WORLD_PATTERNS
 from ..config.dataset_file import load_dataset
 from ..data.datasets import list_samples, read_image, read_label
+from ..open_clip_parts import CLIP
 from ..utils import IGNORE_INDEX
 from .pretrain import TinyClipConfig, image_batch
 from .shipped import load_archive

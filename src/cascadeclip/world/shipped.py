@@ -23,14 +23,13 @@ import json
 from pathlib import Path
 
 import torch
-from open_clip.model import CLIP
-from open_clip.tokenizer import tokenize
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config.class_names import WORLD_CLASSES
 from ..factory import read_openai_clip, save_openai_archive
 from ..inference.text_embeddings import SINGLE_TEMPLATE
+from ..open_clip_parts import CLIP, tokenize
 from ..utils import atomic_write
 from .cache import cached_folder
 from .pretrain import TinyClipConfig, build_clip, pretraining_facts
