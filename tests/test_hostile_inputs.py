@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cascadeclip import Segmenter
@@ -177,3 +178,20 @@ def test_an_image_of_none_without_a_set_image_is_refused():
 def test_segmenter_settings_of_the_wrong_type_are_refused(keywords, message):
     with pytest.raises(UserError, match=re.escape(message)):
         random_segmenter(**keywords)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (np.zeros((40, 50, 3), dtype=np.uint8), "item 0 must be (key, tensor from preprocess, (H, W)), got ndarray"),
+        (
+            ("k", np.zeros((1, 3, 64, 64)), (40, 50)),
+            "item 0's image must be a (1, 3, h, w) tensor (preprocess), got ndarray",
+        ),
+        (("k", torch.zeros(3, 64, 64), (40, 50)), "got (3, 64, 64)"),
+        (("k", torch.zeros(1, 3, 64, 64), (0, 50)), "item 0's size must be (H, W) in pixels, got (0, 50)"),
+    ],
+)
+def test_predict_many_refuses_an_item_that_is_not_key_tensor_and_size(segmenter, item, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        next(segmenter.predict_many([item], ["cat", "dog"]))

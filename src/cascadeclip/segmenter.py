@@ -325,7 +325,8 @@ class Segmenter:
         waiting: dict[int, tuple[object, tuple[int, int]]] = {}  # key and prediction size of the images in flight
 
         def numbered():
-            for number, (key, tensor, size) in enumerate(images):
+            for number, item in enumerate(images):
+                key, tensor, size = _checked_item(number, item)
                 check_working_size(tensor.shape[-2:], size, self.short_side)
                 waiting[number] = key, size
                 yield number, tensor
@@ -392,6 +393,25 @@ class Segmenter:
         working = short_side_size(image.height, image.width, self.short_side)
         check_working_size(working, (image.height, image.width), self.short_side)
         return test_image_tensor(image, self.short_side)
+
+
+def _checked_item(number: int, item: object) -> tuple[object, torch.Tensor, tuple[int, int]]:
+    """(key, tensor, size) of item `number` given to `Segmenter.predict_many`; UserError when it is not one."""
+    if not isinstance(item, (tuple, list)) or len(item) != 3:
+        raise UserError(
+            f"predict_many: item {number} must be (key, tensor from preprocess, (H, W)), got {type(item).__name__}"
+        )
+    key, tensor, size = item
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or tuple(tensor.shape[:2]) != (1, 3):
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise UserError(f"predict_many: item {number}'s image must be a (1, 3, h, w) tensor (preprocess), got {shape}")
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_positive_int(v) for v in size):
+        raise UserError(f"predict_many: item {number}'s size must be (H, W) in pixels, got {size!r}")
+    return key, tensor, tuple(size)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def check_background(background: float | None, names: list[str] = ()) -> None:
