@@ -82,6 +82,8 @@ def test_arrays():
         load_image(np.zeros((3, 8, 8), dtype=np.uint8))
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         load_image(np.full((2, 2, 3), 200.0))
+    with pytest.raises(UserError, match="holds 1 NaN value"):
+        load_image(np.array([[0.5, np.nan], [0.2, 0.1]]))
     with pytest.raises(UserError, match="0..255"):
         load_image(np.full((2, 2), 300, dtype=np.int32))
 

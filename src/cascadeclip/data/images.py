@@ -105,8 +105,14 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     elif array.dtype == bool:
         pixels = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
-        low, high = float(np.nanmin(array)), float(np.nanmax(array))
-        if np.isnan(array).any() or low < 0 or high > 1:
+        missing = int(np.isnan(array).sum())
+        if missing:
+            raise UserError(
+                f"the float image array holds {missing} NaN value(s) (not a number); replace them (np.nan_to_num) "
+                "or pass uint8"
+            )
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
             raise UserError(
                 f"a float image array must hold values in [0, 1], got {low:g}..{high:g}; "
                 "scale it (e.g. array / 255) or pass uint8"
