@@ -46,6 +46,7 @@ from .schema import (
     TrainConfig,
     apply_overrides,
     describe_yaml_error,
+    flatten,
     merge,
     nested,
     parse_override,
@@ -179,17 +180,10 @@ def explicit_keys(spec: str | None, overrides: list[str] | tuple[str, ...] = ())
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             data = {}
         if isinstance(data, dict):
-            found |= _leaf_keys({key: value for key, value in data.items() if key != "preset"})
+            found |= set(flatten({key: value for key, value in data.items() if key != "preset"}))
     for text in overrides:
-        found |= _leaf_keys(parse_override(text))
+        found |= set(flatten(parse_override(text)))
     return found
-
-
-def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key, value in tree.items():
-        keys |= _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-    return keys
 
 
 def resolve_config(

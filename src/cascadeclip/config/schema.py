@@ -265,6 +265,17 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}: the leaves of nested sections under their dotted keys."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert plain data `value` to the annotated type `hint`, recursing into dataclasses and tuples."""
     origin = typing.get_origin(hint)

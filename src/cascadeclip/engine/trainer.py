@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, TrainConfig, apply_overrides, save_yaml, to_dict, validate
+from ..config import Config, TrainConfig, apply_overrides, flatten, save_yaml, to_dict, validate
 from ..config.dataset_file import load_dataset, resolved
 from ..data.datasets import list_samples
 from ..data.train_pipeline import StreamSampler, TrainingStream, UnusableSample, collate_training
@@ -181,7 +181,7 @@ def check_resumed_config(saved: Path, cfg: Config) -> None:
     write over the record of the first."""
     if not saved.is_file():
         return
-    before, now = _flat(to_dict(apply_overrides(Config(), [saved]))), _flat(to_dict(cfg))
+    before, now = flatten(to_dict(apply_overrides(Config(), [saved]))), flatten(to_dict(cfg))
     changed = [key for key in now if now[key] != before.get(key) and not key.startswith(CHANGEABLE_ON_RESUME)]
     if changed:
         shown = "; ".join(f"{key} {before.get(key)!r} in the run, {now[key]!r} now" for key in changed[:4])
@@ -190,17 +190,6 @@ def check_resumed_config(saved: Path, cfg: Config) -> None:
             + (" ..." if len(changed) > 4 else "")
             + f"). Resume it with its own ({saved}), or start a new run: another --run-dir, or --force"
         )
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def starting_model(cfg: Config, run: RunDirectory, start: int) -> CascadeCLIP:
