@@ -405,13 +405,13 @@ def _checked_item(number: int, item: object) -> tuple[object, torch.Tensor, tupl
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or tuple(tensor.shape[:2]) != (1, 3):
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise UserError(f"predict_many: item {number}'s image must be a (1, 3, h, w) tensor (preprocess), got {shape}")
-    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_positive_int(v) for v in size):
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_whole_number(v) and v > 0 for v in size):
         raise UserError(f"predict_many: item {number}'s size must be (H, W) in pixels, got {size!r}")
     return key, tensor, tuple(size)
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+def _is_whole_number(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is an Integral too
 
 
 def check_background(background: float | None, names: list[str] = ()) -> None:
@@ -436,7 +436,7 @@ def _is_number(value: object) -> bool:
 def check_whole_numbers(**values: object) -> None:
     """UserError naming the first of `values` (name -> value; None: the default) that is not a whole number."""
     for name, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        if value is not None and not _is_whole_number(value):
             raise UserError(f"{name} must be a whole number, got {value!r}")
 
 
