@@ -72,7 +72,7 @@ def eval_dataset(
     samples = list_samples(spec, root, split)
     if not samples:
         raise UserError(f"the {spec.name} {split} split under {data_root(root)} has no images; check the folder")
-    missing = sorted({str(s.label.parent) for s in samples if not s.label.parent.is_dir()})
+    missing = sorted(str(folder) for folder in {s.label.parent for s in samples} if not folder.is_dir())
     if missing:  # told before a model is loaded, not at the first image
         raise UserError(
             f"the {spec.name} {split} split's label folder {missing[0]} does not exist"
